@@ -1,0 +1,2 @@
+DROP TABLE job_streams;
+DROP TABLE logs;

@@ -1,0 +1,58 @@
+//! Errors at the HTTP edge: each variant is a status code and a JSON body
+//! `{"error": "...", "problems": [...]}` that names the problem.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::record::Problem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request cannot be read (malformed JSON, bad query parameter, empty body).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Some records are invalid; nothing was stored.
+    #[error("{} invalid field(s); nothing was stored", .0.len())]
+    InvalidRecords(Vec<Problem>),
+    /// Over a size cap.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A content type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// PostgreSQL could not be reached; nothing was stored.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected fault (logged with its context).
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRecords(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(e) = self {
+            log::error!("internal error: {e:#}");
+        }
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::InvalidRecords(problems) = self {
+            body["problems"] = json!(problems);
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(body)
+    }
+}

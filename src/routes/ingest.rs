@@ -1,0 +1,120 @@
+//! `POST /api/v1/logs`: validate every record (all or nothing), store them with their per-job
+//! `seq`, then publish them to Redis in one pipelined round trip.
+
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::record::{self, BodyError, Limits};
+use crate::store::StoreError;
+
+/// How the body is framed, from its content type.
+fn body_kind(req: &HttpRequest) -> Result<bool, ApiError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(false),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(true),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "content type {content_type:?} is not accepted: send application/json (one record or an array) or application/x-ndjson"
+        ))),
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes the cap.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<BytesMut, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body is over the limit of {max} bytes"));
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub async fn ingest(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let settings = &state.settings;
+    let ndjson = body_kind(&req)?;
+    let body = read_body(&req, payload, settings.max_body_bytes).await?;
+    let values = record::parse_body(&body, ndjson, settings.max_records_per_request).map_err(
+        |e| match e {
+            BodyError::Empty => ApiError::BadRequest("the body holds no record".into()),
+            BodyError::Malformed(p) => ApiError::BadRequest(format!("{} {}", p.field, p.reason)),
+            BodyError::TooManyRecords { count, max } => ApiError::PayloadTooLarge(format!(
+                "{count} records in one request is over the limit of {max}"
+            )),
+        },
+    )?;
+    let limits = Limits {
+        max_message_bytes: settings.max_message_bytes,
+        max_meta_depth: settings.max_meta_depth,
+    };
+    let records =
+        record::validate_all(values, &limits, Utc::now()).map_err(ApiError::InvalidRecords)?;
+
+    let stored = state.store.insert(&records).await.map_err(|e| {
+        log::warn!("ingest of {} records failed: {e}", records.len());
+        ApiError::Unavailable(match e {
+            StoreError::Unavailable(_) => {
+                "PostgreSQL is unavailable; nothing was stored, retry later".into()
+            }
+            StoreError::Query(_) => {
+                "storing the records failed; nothing was stored, retry later".into()
+            }
+        })
+    })?;
+    Metrics::inc(&state.metrics.records_ingested, stored.len() as u64);
+
+    let frames: Vec<(i64, String)> = stored.iter().map(|r| (r.job_id, r.to_json())).collect();
+    if let Err(e) = state
+        .publisher
+        .publish(frames.iter().map(|(job, json)| (*job, json.as_str())))
+        .await
+    {
+        // Stored is what counts: viewers heal from PostgreSQL when Redis is back.
+        Metrics::inc(&state.metrics.publish_failures, stored.len() as u64);
+        log::warn!("publishing {} stored records failed: {e:#}", stored.len());
+    }
+
+    let acks: Vec<_> = stored
+        .iter()
+        .map(|r| json!({ "job_id": r.job_id, "id": r.id, "seq": r.seq }))
+        .collect();
+    Ok(HttpResponse::Created().json(json!({ "count": acks.len(), "records": acks })))
+}

@@ -1,0 +1,39 @@
+//! The HTTP surface. Routes are thin: they parse the request, call `store`, `publisher` or
+//! `session`, and map the outcome to a response; they hold no state of their own.
+
+pub mod health;
+pub mod ingest;
+pub mod ws;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::web;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::store::Store;
+
+/// What every handler may use; built once by `startup`.
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Store,
+    pub publisher: Publisher,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on shutdown: viewers close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+/// Registers every route; the static viewer last, as the fallback for `/`.
+pub fn configure(cfg: &mut web::ServiceConfig, static_dir: PathBuf) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/api/v1/logs", web::post().to(ingest::ingest))
+        .route("/ws/jobs/{job_id}", web::get().to(ws::job_socket))
+        .service(actix_files::Files::new("/", static_dir).index_file("index.html"));
+}

@@ -1,0 +1,193 @@
+//! One viewer's feed of one job: stored history first, then live records, in `seq` order with
+//! no gap and no duplicate. Holes in the live stream (a reconnect of the Redis subscriber, an
+//! overflowed viewer queue, ingests that published out of order) are filled from PostgreSQL.
+//! Transport-neutral: the WebSocket and SSE routes each provide a [`FrameSink`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use serde_json::json;
+
+use crate::hub::LiveMessage;
+use crate::metrics::Metrics;
+use crate::record::control_frame;
+use crate::store::{Filter, Store, StoreError};
+
+/// Records per history query.
+const PAGE: i64 = 2_000;
+
+/// Why a viewer's feed stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("the viewer went away")]
+    Closed,
+    #[error("the viewer stopped reading")]
+    TooSlow,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where a viewer's frames go (a WebSocket session, an SSE body).
+pub trait FrameSink {
+    /// Sends one frame: a record's JSON or a control frame.
+    fn send(&mut self, frame: ByteString) -> impl Future<Output = Result<(), FeedError>>;
+}
+
+/// Where a feed starts, from the viewer's query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Start {
+    /// Resume after this `seq` (wins over `tail`).
+    pub after_seq: Option<i64>,
+    /// Start with the last N stored records.
+    pub tail: Option<i64>,
+}
+
+/// The state of one viewer's feed of one job.
+#[derive(Debug, Clone)]
+pub struct JobFeed {
+    pub job_id: i64,
+    pub filter: Filter,
+    /// Every record with `seq <= last_seq` has been sent (or filtered out): anything at or
+    /// below it arriving live is a duplicate.
+    pub last_seq: i64,
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl JobFeed {
+    /// Sends the job's stored history from `start`, then a `history_end` control frame. The
+    /// viewer must already be watching the job in the hub, so that nothing committed after the
+    /// read is missed: it arrives live and is deduplicated by `seq`.
+    pub async fn start(
+        job_id: i64,
+        filter: Filter,
+        start: Start,
+        store: Store,
+        metrics: Arc<Metrics>,
+        sink: &mut impl FrameSink,
+    ) -> Result<JobFeed, FeedError> {
+        let mut feed = JobFeed {
+            job_id,
+            filter,
+            last_seq: start.after_seq.unwrap_or(0).max(0),
+            store,
+            metrics,
+        };
+        match feed.store.last_seq(job_id).await {
+            Ok(stored) => {
+                if start.after_seq.is_none() {
+                    feed.last_seq = start.tail.map_or(0, |tail| (stored - tail.max(0)).max(0));
+                }
+                match feed.fill(stored + 1, sink).await {
+                    Ok(_) => {}
+                    Err(FeedError::Store(e)) => feed.report_unhealed(stored + 1, &e, sink).await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => {
+                log::warn!("history of job {job_id} unavailable: {e}");
+                let frame =
+                    control_frame("gap", job_id, &[("reason", json!("history_unavailable"))]);
+                sink.send(frame.into()).await?;
+            }
+        }
+        let end = control_frame("history_end", job_id, &[("last_seq", json!(feed.last_seq))]);
+        sink.send(end.into()).await?;
+        Ok(feed)
+    }
+
+    /// Sends stored records with `last_seq < seq < before`; afterwards `last_seq >= before - 1`.
+    /// Returns how many records it sent.
+    async fn fill(&mut self, before: i64, sink: &mut impl FrameSink) -> Result<u64, FeedError> {
+        let mut sent = 0;
+        while self.last_seq + 1 < before {
+            let page = self
+                .store
+                .history(self.job_id, self.last_seq, Some(before), &self.filter, PAGE)
+                .await?;
+            let complete = (page.len() as i64) < PAGE;
+            for record in page {
+                sink.send(record.to_json().into()).await?;
+                self.last_seq = record.seq;
+                sent += 1;
+            }
+            if complete {
+                self.last_seq = self.last_seq.max(before - 1);
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Tells the viewer that records it should have had could not be read, and moves on.
+    async fn report_unhealed(
+        &mut self,
+        before: i64,
+        error: &StoreError,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FeedError> {
+        log::warn!(
+            "job {}: could not heal seq {}..{}: {error}",
+            self.job_id,
+            self.last_seq + 1,
+            before - 1
+        );
+        let frame = control_frame(
+            "gap",
+            self.job_id,
+            &[
+                ("reason", json!("database_unavailable")),
+                ("from_seq", json!(self.last_seq + 1)),
+                ("to_seq", json!(before - 1)),
+            ],
+        );
+        self.last_seq = self.last_seq.max(before - 1);
+        sink.send(frame.into()).await
+    }
+
+    /// Handles one live record: drops a duplicate, fills a hole before it from PostgreSQL,
+    /// applies the viewer's filter, and sends it.
+    pub async fn on_live(
+        &mut self,
+        message: &LiveMessage,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FeedError> {
+        match message.seq {
+            Some(seq) if seq <= self.last_seq => return Ok(()),
+            Some(seq) => {
+                if seq > self.last_seq + 1 {
+                    match self.fill(seq, sink).await {
+                        Ok(healed) => Metrics::inc(&self.metrics.records_healed, healed),
+                        Err(FeedError::Store(e)) => self.report_unhealed(seq, &e, sink).await?,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.last_seq = seq;
+            }
+            None => {}
+        }
+        if self.filter.admits(message.level, message.device_id) {
+            sink.send(message.frame.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Catches up with everything stored so far (after a possible hole in the live stream).
+    pub async fn heal(&mut self, sink: &mut impl FrameSink) -> Result<(), FeedError> {
+        let stored = match self.store.last_seq(self.job_id).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                log::warn!("job {}: cannot heal: {e}", self.job_id);
+                return Ok(());
+            }
+        };
+        match self.fill(stored + 1, sink).await {
+            Ok(healed) => {
+                Metrics::inc(&self.metrics.records_healed, healed);
+                Ok(())
+            }
+            Err(FeedError::Store(e)) => self.report_unhealed(stored + 1, &e, sink).await,
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Wires the gateway together from `Settings`: migrations, pool, publisher, hub, the one
+//! Redis subscriber, and the HTTP server on a bound listener (port 0 works, for tests).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::routes::{self, AppState};
+use crate::store::{self, Store};
+use crate::subscriber::{self, SubscriberConfig};
+
+/// A built, bound, not yet running gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+    /// Cancels the subscriber and closes viewers.
+    shutdown: CancellationToken,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        store::run_migrations(&settings.database_url)
+            .await
+            .context("applying database migrations")?;
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(settings.viewer_queue, metrics.clone());
+        let store = Store::new(
+            &settings.database_url,
+            settings.db_pool_size,
+            settings.db_timeout(),
+        )?;
+        let publisher = Publisher::new(
+            &settings.redis_url,
+            &settings.channel_prefix,
+            Duration::from_secs(2),
+        )?;
+        let shutdown = CancellationToken::new();
+
+        let subscriber = tokio::spawn(subscriber::run(
+            SubscriberConfig {
+                redis_url: settings.redis_url.clone(),
+                prefix: settings.channel_prefix.clone(),
+                legacy_channels: settings.legacy_channels(),
+                ping_interval: Duration::from_millis(settings.redis_ping_interval_ms),
+                ping_timeout: Duration::from_millis(settings.redis_ping_timeout_ms),
+            },
+            hub.clone(),
+            shutdown.clone(),
+        ));
+
+        let listener = TcpListener::bind(settings.bind)
+            .with_context(|| format!("binding {}", settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let static_dir = static_dir(&settings.static_dir);
+        let workers = match settings.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let state = web::Data::new(AppState {
+            settings,
+            store,
+            publisher,
+            hub,
+            metrics,
+            shutdown: shutdown.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(|cfg| routes::configure(cfg, static_dir.clone()))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            shutdown,
+            subscriber,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Lets tests stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// The cancellation token that stops the subscriber and closes viewers.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the server stops (from `stop()` or a signal when `handle_signals`).
+    pub async fn run_until_stopped(self, handle_signals: bool) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        if handle_signals {
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                log::info!("shutting down: closing viewers, finishing requests");
+                shutdown.cancel();
+                handle.stop(true).await;
+            });
+        }
+        let result = self.server.await;
+        self.shutdown.cancel();
+        let _ = self.subscriber.await;
+        result
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The viewer's directory: as configured when it exists, else the one in the source tree.
+fn static_dir(configured: &str) -> PathBuf {
+    let path = PathBuf::from(configured);
+    if path.is_dir() {
+        path
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("static")
+    }
+}

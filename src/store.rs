@@ -1,0 +1,357 @@
+//! PostgreSQL: the connection pool, the embedded migrations, storing records with their dense
+//! per-job `seq`, and reading a job's history by `seq`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use serde_json::Value;
+
+use crate::record::{Level, NewRecord, StoredRecord};
+use crate::schema::{job_streams, logs};
+
+/// The migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Rows per multi-row INSERT: 10 bind parameters a row keeps a statement under PostgreSQL's
+/// limit of 32,767 parameters.
+const INSERT_CHUNK_ROWS: usize = 3_000;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had in time: PostgreSQL is down or overloaded.
+    #[error("PostgreSQL is unavailable: {0}")]
+    Unavailable(String),
+    /// A statement failed (the connection may have died mid-way).
+    #[error("PostgreSQL query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// Which of a job's records a reader wants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only records at this level or above.
+    pub min_level: Option<Level>,
+    /// Only records of this device.
+    pub device_id: Option<i64>,
+}
+
+impl Filter {
+    /// The same test as the SQL `WHERE`, for live records.
+    pub fn admits(&self, level: Option<Level>, device_id: Option<i64>) -> bool {
+        let level_ok = match (self.min_level, level) {
+            (None, _) => true,
+            (Some(min), Some(level)) => level >= min,
+            (Some(_), None) => false,
+        };
+        level_ok && self.device_id.is_none_or(|want| device_id == Some(want))
+    }
+
+    fn levels(&self) -> Option<Vec<&'static str>> {
+        let min = self.min_level?;
+        let all = [
+            Level::Debug,
+            Level::Info,
+            Level::Warning,
+            Level::Error,
+            Level::Critical,
+        ];
+        Some(
+            all.into_iter()
+                .filter(|l| *l >= min)
+                .map(Level::as_str)
+                .collect(),
+        )
+    }
+}
+
+/// A stored record's identity, as ingest acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ack {
+    pub job_id: i64,
+    pub id: i64,
+    pub seq: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = logs)]
+struct LogRowInsert<'a> {
+    timestamp: DateTime<Utc>,
+    log_type: &'a str,
+    level: &'a str,
+    job_id: i64,
+    device_id: Option<i64>,
+    source: Option<&'a str>,
+    message: &'a str,
+    meta: Option<&'a Value>,
+    seq: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = logs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+struct LogRow {
+    id: i64,
+    timestamp: DateTime<Utc>,
+    log_type: String,
+    level: String,
+    job_id: i64,
+    device_id: Option<i64>,
+    source: Option<String>,
+    message: String,
+    meta: Option<Value>,
+    seq: i64,
+}
+
+impl From<LogRow> for StoredRecord {
+    fn from(row: LogRow) -> Self {
+        StoredRecord {
+            id: row.id,
+            seq: row.seq,
+            job_id: row.job_id,
+            device_id: row.device_id,
+            timestamp: row.timestamp,
+            level: Level::parse(&row.level).unwrap_or(Level::Info),
+            log_type: row.log_type,
+            source: row.source,
+            message: row.message,
+            meta: row.meta,
+        }
+    }
+}
+
+/// Applies the embedded migrations. Runs the synchronous migration harness on a blocking
+/// thread (diesel's async harness panics on current-thread runtimes).
+pub async fn run_migrations(database_url: &str) -> anyhow::Result<()> {
+    let url = database_url.to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+                .context("connecting to PostgreSQL to run migrations")?;
+        conn.run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("running migrations: {e}"))?;
+        Ok(())
+    })
+    .await
+    .context("migration task panicked")?
+}
+
+/// Handle to PostgreSQL; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Bounded pool: waiting for a connection, creating one and recycling one all time out,
+    /// so a dead PostgreSQL turns into a quick 503 instead of a hung request.
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl Store {
+    pub fn new(database_url: &str, max_size: usize, timeout: Duration) -> anyhow::Result<Store> {
+        let mut config = ManagerConfig::default();
+        // A closed connection is detected on recycle without a round trip per checkout.
+        config.recycling_method = RecyclingMethod::Fast;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            database_url,
+            config,
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .context("building the PostgreSQL pool")?;
+        Ok(Store { pool })
+    }
+
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// True when a trivial query succeeds.
+    pub async fn ping(&self) -> bool {
+        match self.conn().await {
+            Ok(mut conn) => diesel::sql_query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stores records in one transaction: each job's counter is advanced once (jobs locked in
+    /// ascending order, so concurrent multi-job batches cannot deadlock), each record gets the
+    /// next `seq` of its job in request order, and rows go in with chunked multi-row INSERTs.
+    /// Returns the stored records in request order.
+    pub async fn insert(&self, records: &[NewRecord]) -> Result<Vec<StoredRecord>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut per_job: BTreeMap<i64, i64> = BTreeMap::new();
+        for r in records {
+            *per_job.entry(r.job_id).or_default() += 1;
+        }
+        let mut conn = self.conn().await?;
+        let per_job = &per_job;
+        let stored = conn
+            .transaction(async |conn| insert_in_transaction(conn, records, per_job).await)
+            .await?;
+        Ok(stored)
+    }
+
+    /// The highest `seq` stored for a job (0 when it has none).
+    pub async fn last_seq(&self, job_id: i64) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        let last: Option<i64> = job_streams::table
+            .select(job_streams::last_seq)
+            .filter(job_streams::job_id.eq(job_id))
+            .first(&mut conn)
+            .await
+            .optional()?;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// A job's records with `after_seq < seq < before_seq` that pass `filter`, in `seq` order,
+    /// at most `limit` of them.
+    pub async fn history(
+        &self,
+        job_id: i64,
+        after_seq: i64,
+        before_seq: Option<i64>,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = logs::table
+            .select(LogRow::as_select())
+            .filter(logs::job_id.eq(job_id))
+            .filter(logs::seq.gt(after_seq))
+            .order(logs::seq.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(before) = before_seq {
+            query = query.filter(logs::seq.lt(before));
+        }
+        if let Some(levels) = filter.levels() {
+            query = query.filter(logs::level.eq_any(levels));
+        }
+        if let Some(device) = filter.device_id {
+            query = query.filter(logs::device_id.eq(device));
+        }
+        let rows: Vec<LogRow> = query.load(&mut conn).await?;
+        Ok(rows.into_iter().map(StoredRecord::from).collect())
+    }
+
+    /// Number of stored rows (for tests and diagnostics).
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(logs::table.count().get_result(&mut conn).await?)
+    }
+}
+
+/// The body of [`Store::insert`]'s transaction.
+async fn insert_in_transaction(
+    conn: &mut AsyncPgConnection,
+    records: &[NewRecord],
+    per_job: &BTreeMap<i64, i64>,
+) -> Result<Vec<StoredRecord>, diesel::result::Error> {
+    let counters: Vec<(i64, i64)> = diesel::insert_into(job_streams::table)
+        .values(
+            per_job
+                .iter()
+                .map(|(job, n)| (job_streams::job_id.eq(*job), job_streams::last_seq.eq(*n)))
+                .collect::<Vec<_>>(),
+        )
+        .on_conflict(job_streams::job_id)
+        .do_update()
+        .set(job_streams::last_seq.eq(job_streams::last_seq + excluded(job_streams::last_seq)))
+        .returning((job_streams::job_id, job_streams::last_seq))
+        .get_results(conn)
+        .await?;
+    // Next seq to hand out per job: first = last - count + 1.
+    let mut next: BTreeMap<i64, i64> = counters
+        .into_iter()
+        .map(|(job, last)| (job, last - per_job[&job] + 1))
+        .collect();
+    let seqs: Vec<i64> = records
+        .iter()
+        .map(|r| {
+            let slot = next.entry(r.job_id).or_default();
+            let seq = *slot;
+            *slot += 1;
+            seq
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(records.len());
+    for (chunk, seq_chunk) in records
+        .chunks(INSERT_CHUNK_ROWS)
+        .zip(seqs.chunks(INSERT_CHUNK_ROWS))
+    {
+        let rows: Vec<LogRowInsert> = chunk
+            .iter()
+            .zip(seq_chunk)
+            .map(|(r, seq)| LogRowInsert {
+                timestamp: r.timestamp,
+                log_type: &r.log_type,
+                level: r.level.as_str(),
+                job_id: r.job_id,
+                device_id: r.device_id,
+                source: r.source.as_deref(),
+                message: &r.message,
+                meta: r.meta.as_ref(),
+                seq: *seq,
+            })
+            .collect();
+        let returned: Vec<(i64, i64, i64)> = diesel::insert_into(logs::table)
+            .values(&rows)
+            .returning((logs::job_id, logs::seq, logs::id))
+            .get_results(conn)
+            .await?;
+        let by_key: std::collections::HashMap<(i64, i64), i64> = returned
+            .into_iter()
+            .map(|(job, seq, id)| ((job, seq), id))
+            .collect();
+        for row in &rows {
+            ids.push(by_key.get(&(row.job_id, row.seq)).copied().unwrap_or(0));
+        }
+    }
+    Ok(records
+        .iter()
+        .zip(seqs)
+        .zip(ids)
+        .map(|((r, seq), id)| StoredRecord {
+            id,
+            seq,
+            job_id: r.job_id,
+            device_id: r.device_id,
+            timestamp: r.timestamp,
+            level: r.level,
+            log_type: r.log_type.clone(),
+            source: r.source.clone(),
+            message: r.message.clone(),
+            meta: r.meta.clone(),
+        })
+        .collect())
+}
