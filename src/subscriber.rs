@@ -264,8 +264,16 @@ impl Router<'_> {
                     let job = std::str::from_utf8(&bytes[channel])
                         .ok()
                         .and_then(|c| c.strip_prefix(self.prefix.as_str()))
-                        .and_then(|id| id.parse::<i64>().ok());
-                    self.deliver(job, bytes.slice(payload));
+                        .and_then(|id| id.parse::<i64>().ok())
+                        .filter(|id| *id >= 1);
+                    match job {
+                        Some(job) => self.deliver(Some(job), bytes.slice(payload)),
+                        None => {
+                            // The channel names no job: nothing to route by.
+                            Metrics::inc(&self.metrics.redis_messages, 1);
+                            Metrics::inc(&self.metrics.malformed_dropped, 1);
+                        }
+                    }
                 }
                 Ok(Event::Other)
             }

@@ -1,0 +1,89 @@
+//! Faults of Redis and PostgreSQL, recovered without a restart of the gateway.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{create_database, record, seqs, start, test_settings};
+use crate::services::{PgCluster, RedisServer};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[actix_web::test]
+async fn the_subscriber_comes_back_after_redis_is_killed_and_viewers_get_a_gap_then_new_records() {
+    let mut app = crate::helpers::spawn_app().await;
+    let mut viewer = app.viewer("/ws/jobs/21").await;
+    viewer.history().await;
+    app.ingest(&json!(record(21, "before"))).await;
+    assert_eq!(viewer.next_json(WAIT).await.unwrap()["seq"], 1);
+
+    app.redis.kill();
+    // Stored while Redis is down: 201 all the same.
+    app.ingest(&json!(record(21, "during"))).await;
+    app.redis.resume();
+
+    let frames = viewer.collect_until(WAIT, |f| f["control"] == "gap").await;
+    assert_eq!(
+        seqs(&frames),
+        [2],
+        "the record stored during the outage is healed"
+    );
+    assert_eq!(frames.last().unwrap()["reason"], "redis_reconnect");
+    app.wait_ready().await;
+    app.ingest(&json!(record(21, "after"))).await;
+    let frame = viewer.next_json(WAIT).await.unwrap();
+    assert_eq!(
+        (frame["seq"].as_i64(), frame["message"].as_str()),
+        (Some(3), Some("after"))
+    );
+    assert!(app.metric("gateway_redis_subscribes_total").await >= 2);
+}
+
+#[actix_web::test]
+async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_restart() {
+    // A cluster of this test's own, since it is stopped mid-test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(PgCluster::start()).unwrap();
+        std::thread::park();
+    });
+    let mut cluster = rx.recv().unwrap();
+    let database_url = create_database(&cluster).await;
+    let redis = RedisServer::start();
+    let app = start(test_settings(&database_url, &redis), redis).await;
+    app.ingest(&json!(record(1, "one"))).await;
+
+    cluster.stop();
+    let began = Instant::now();
+    let (status, body) = app
+        .post_logs("application/json", record(1, "two").to_string())
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing was stored"));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        began.elapsed()
+    );
+
+    cluster.resume();
+    let deadline = Instant::now() + WAIT;
+    let acks = loop {
+        let (status, body) = app
+            .post_logs("application/json", record(1, "three").to_string())
+            .await;
+        if status == 201 {
+            break body["records"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest never recovered: {status} {body}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(acks[0]["seq"], 2, "the refused record took no seq");
+    assert_eq!(app.row_count().await, 2);
+}

@@ -1,0 +1,266 @@
+//! `spawn_app()`: a gateway on a free port, over its own database in the shared PostgreSQL
+//! cluster and its own redis-server, plus clients to drive it (HTTP, WebSocket, raw Redis).
+
+use std::time::{Duration, Instant};
+
+use awc::ws;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use session_log_gateway::config::Settings;
+use session_log_gateway::startup::Application;
+use session_log_gateway::store::Store;
+
+use crate::services::{shared_cluster, PgCluster, RedisServer};
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub redis: RedisServer,
+    pub store: Store,
+}
+
+/// A fresh, empty database in `cluster`.
+pub async fn create_database(cluster: &PgCluster) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut conn = AsyncPgConnection::establish(&cluster.url("postgres"))
+        .await
+        .expect("connect to postgres");
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    cluster.url(&name)
+}
+
+/// Settings for a test gateway: port 0, quick Redis fault detection.
+pub fn test_settings(database_url: &str, redis: &RedisServer) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.database_url = database_url.to_string();
+    settings.redis_url = redis.url();
+    settings.redis_ping_interval_ms = 200;
+    settings.redis_ping_timeout_ms = 1000;
+    settings.db_timeout_ms = 1000;
+    settings.workers = 2;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like `spawn_app`, with settings adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let redis = RedisServer::start();
+    let database_url = create_database(shared_cluster()).await;
+    let mut settings = test_settings(&database_url, &redis);
+    tweak(&mut settings);
+    start(settings, redis).await
+}
+
+/// Builds and starts a gateway with these settings, waiting until it is subscribed.
+pub async fn start(settings: Settings, redis: RedisServer) -> TestApp {
+    let database_url = settings.database_url.clone();
+    let app = Application::build(settings).await.expect("build app");
+    let port = app.port();
+    actix_web::rt::spawn(app.run_until_stopped(false));
+    let store = Store::new(&database_url, 2, Duration::from_secs(2)).unwrap();
+    let test_app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        redis,
+        store,
+    };
+    test_app.wait_ready().await;
+    test_app
+}
+
+impl TestApp {
+    /// Waits until `/readyz` answers 200 (subscriber up, database reachable).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(resp) = client()
+                .get(format!("{}/readyz", self.address))
+                .send()
+                .await
+            {
+                if resp.status() == 200 {
+                    return;
+                }
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    /// POSTs a body with a content type; returns status and JSON body.
+    pub async fn post_logs(&self, content_type: &str, body: impl Into<Vec<u8>>) -> (u16, Value) {
+        let mut resp = client()
+            .post(format!("{}/api/v1/logs", self.address))
+            .insert_header(("Content-Type", content_type))
+            .send_body(body.into())
+            .await
+            .expect("POST /api/v1/logs");
+        let status = resp.status().as_u16();
+        let bytes = resp.body().limit(64 * 1024 * 1024).await.expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Ingests records as a JSON array, expecting 201; returns the acks.
+    pub async fn ingest(&self, records: &Value) -> Vec<Value> {
+        let (status, body) = self
+            .post_logs("application/json", records.to_string())
+            .await;
+        assert_eq!(status, 201, "ingest failed: {body}");
+        body["records"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Opens a WebSocket on `path` (e.g. `/ws/jobs/7?tail=10`).
+    pub async fn viewer(&self, path: &str) -> Viewer {
+        Viewer::connect(&format!("ws://127.0.0.1:{}{path}", self.port)).await
+    }
+
+    /// A Redis connection of the test's own (not the gateway's).
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    pub async fn publish_raw(&self, channel: &str, payload: &[u8]) {
+        let mut conn = self.redis_conn().await;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .expect("PUBLISH");
+    }
+
+    pub async fn row_count(&self) -> i64 {
+        self.store.count().await.expect("count rows")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let mut resp = client()
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("GET /metrics");
+        String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap()
+    }
+
+    /// The value of one metric line.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing in {text}"))
+    }
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+/// A WebSocket viewer that answers pings and collects text frames as JSON.
+pub struct Viewer {
+    conn: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+}
+
+impl Viewer {
+    pub async fn connect(url: &str) -> Viewer {
+        Self::try_connect(url).await.expect("WebSocket connect")
+    }
+
+    pub async fn try_connect(url: &str) -> Result<Viewer, String> {
+        let (_resp, conn) = client()
+            .ws(url)
+            .max_frame_size(64 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Viewer { conn })
+    }
+
+    /// The next text frame as JSON, or None if nothing arrives within `wait` (or it closed).
+    pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
+        self.next_text(wait)
+            .await
+            .map(|t| serde_json::from_str(&t).expect("frame is JSON"))
+    }
+
+    /// The next text frame verbatim.
+    pub async fn next_text(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.conn.next())
+                .await
+                .ok()??;
+            match frame.ok()? {
+                ws::Frame::Text(bytes) => return Some(String::from_utf8(bytes.to_vec()).unwrap()),
+                ws::Frame::Ping(bytes) => {
+                    let _ = self.conn.send(ws::Message::Pong(bytes)).await;
+                }
+                ws::Frame::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Frames until `done` says stop (inclusive) or `wait` passes without a frame.
+    pub async fn collect_until(
+        &mut self,
+        wait: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.next_json(wait).await {
+            let stop = done(&frame);
+            frames.push(frame);
+            if stop {
+                break;
+            }
+        }
+        frames
+    }
+
+    /// Reads up to `history_end` and returns the records before it.
+    pub async fn history(&mut self) -> Vec<Value> {
+        let mut frames = self
+            .collect_until(Duration::from_secs(10), |f| f["control"] == "history_end")
+            .await;
+        assert_eq!(
+            frames.pop().map(|f| f["control"].clone()),
+            Some(Value::from("history_end"))
+        );
+        frames
+    }
+}
+
+/// The `seq` of every record frame (control frames skipped).
+pub fn seqs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f.get("control").is_none())
+        .filter_map(|f| f["seq"].as_i64())
+        .collect()
+}
+
+/// A record for job `job_id` with message `message`.
+pub fn record(job_id: i64, message: &str) -> Value {
+    serde_json::json!({ "job_id": job_id, "message": message, "level": "info", "source": "test" })
+}
