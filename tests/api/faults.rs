@@ -87,3 +87,32 @@ async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_resta
     assert_eq!(acks[0]["seq"], 2, "the refused record took no seq");
     assert_eq!(app.row_count().await, 2);
 }
+
+#[actix_web::test]
+async fn a_frozen_redis_is_noticed_within_the_ping_bound_and_recovered_from() {
+    let app = crate::helpers::spawn_app().await;
+    let mut viewer = app.viewer("/ws/jobs/2").await;
+    viewer.history().await;
+    app.redis.signal(libc::SIGSTOP);
+    let began = Instant::now();
+    // Ping every 200 ms, 1 s timeout: the subscriber must report itself down within ~1.5 s.
+    loop {
+        if app.metric("gateway_redis_subscriber_up").await == 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(3),
+            "half-open connection not detected"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.redis.signal(libc::SIGCONT);
+    app.wait_ready().await;
+    let frames = viewer.collect_until(WAIT, |f| f["control"] == "gap").await;
+    assert_eq!(frames.last().unwrap()["reason"], "redis_reconnect");
+    app.ingest(&json!(record(2, "after thaw"))).await;
+    assert_eq!(
+        viewer.next_json(WAIT).await.unwrap()["message"],
+        "after thaw"
+    );
+}

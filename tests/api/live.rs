@@ -242,3 +242,43 @@ fn new_record(job_id: i64, message: &str) -> session_log_gateway::record::NewRec
     )
     .unwrap()
 }
+
+#[actix_web::test]
+async fn a_viewer_that_stops_reading_never_delays_the_others_and_is_closed() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.viewer_queue = 8;
+        s.slow_viewer_secs = 2;
+    })
+    .await;
+    let mut stalled = app.viewer("/ws/jobs/30").await;
+    stalled.history().await;
+    let mut reader = app.viewer("/ws/jobs/30").await;
+    reader.history().await;
+
+    // ~17 MB of device output: far more than the socket buffers of the stalled viewer hold.
+    let chunk = "interface GigabitEthernet0/1\n description uplink\n".repeat(5200);
+    let mut received = Vec::new();
+    for _ in 0..16 {
+        let batch: Vec<Value> = (0..4).map(|_| record(30, &chunk)).collect();
+        app.ingest(&json!(batch)).await;
+        received.extend(
+            reader
+                .collect_until(WAIT, |f| f["seq"].as_i64().unwrap_or(0) % 4 == 0)
+                .await,
+        );
+    }
+    assert_eq!(seqs(&received), (1..=64).collect::<Vec<_>>());
+
+    // The stalled viewer is dropped by the gateway; the reader stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while app.metric("gateway_viewers_connected").await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled viewer was never closed"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.ingest(&json!(record(30, "still live"))).await;
+    assert_eq!(reader.next_json(WAIT).await.unwrap()["seq"], 65);
+    drop(stalled);
+}
