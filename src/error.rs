@@ -18,6 +18,9 @@ pub enum ApiError {
     /// Over a size cap.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request conflicts with an earlier one (an idempotency key reused with another body).
+    #[error("{0}")]
+    Conflict(String),
     /// A content type the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -35,6 +38,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidRecords(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

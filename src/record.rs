@@ -86,6 +86,14 @@ pub struct NewRecord {
     pub meta: Option<Value>,
 }
 
+/// A stored record's identity, as ingest acknowledges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub job_id: i64,
+    pub id: i64,
+    pub seq: i64,
+}
+
 /// A record as stored: what viewers receive, serialised by [`StoredRecord::to_json`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredRecord {
@@ -103,6 +111,15 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// What ingest acknowledges of it.
+    pub fn ack(&self) -> Ack {
+        Ack {
+            job_id: self.job_id,
+            id: self.id,
+            seq: self.seq,
+        }
+    }
+
     /// The record's wire form: one JSON object, as sent on Redis and in each WebSocket frame.
     pub fn to_json(&self) -> String {
         // Serialising plain strings, integers and a `Value` cannot fail.

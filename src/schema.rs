@@ -24,3 +24,13 @@ diesel::table! {
         last_seq -> Int8,
     }
 }
+
+diesel::table! {
+    ingest_requests (idempotency_key) {
+        #[max_length = 255]
+        idempotency_key -> Varchar,
+        body_sha256 -> Bytea,
+        acks -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}

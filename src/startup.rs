@@ -59,6 +59,13 @@ impl Application {
             shutdown.clone(),
         ));
 
+        actix_web::rt::spawn(
+            publisher
+                .clone()
+                .run_retries(Duration::from_millis(500), shutdown.clone()),
+        );
+        actix_web::rt::spawn(purge_idempotency_keys(store.clone(), shutdown.clone()));
+
         let listener = TcpListener::bind(settings.bind)
             .with_context(|| format!("binding {}", settings.bind))?;
         let port = listener.local_addr()?.port();
@@ -123,6 +130,24 @@ impl Application {
         self.shutdown.cancel();
         let _ = self.subscriber.await;
         result
+    }
+}
+
+/// How long an Idempotency-Key is remembered.
+const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Forgets old idempotency keys every ten minutes.
+async fn purge_idempotency_keys(store: Store, shutdown: CancellationToken) {
+    loop {
+        match store.purge_idempotency_keys(IDEMPOTENCY_KEY_TTL).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("forgot {n} idempotency keys older than a day"),
+            Err(e) => log::debug!("purging idempotency keys: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
     }
 }
 

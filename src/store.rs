@@ -16,8 +16,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use serde_json::Value;
 
-use crate::record::{Level, NewRecord, StoredRecord};
-use crate::schema::{job_streams, logs};
+use crate::record::{Ack, Level, NewRecord, StoredRecord};
+use crate::schema::{ingest_requests, job_streams, logs};
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -73,14 +73,6 @@ impl Filter {
                 .collect(),
         )
     }
-}
-
-/// A stored record's identity, as ingest acknowledges it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Ack {
-    pub job_id: i64,
-    pub id: i64,
-    pub seq: i64,
 }
 
 #[derive(Insertable)]
@@ -201,6 +193,66 @@ impl Store {
         }
     }
 
+    /// Stores records like [`Store::insert`], once per idempotency key: the first request with
+    /// a key stores its records and keeps their acks in the same transaction; a later one with
+    /// the same key and body stores nothing and gets those acks back.
+    pub async fn insert_idempotent(
+        &self,
+        records: &[NewRecord],
+        key: &Idempotency,
+    ) -> Result<Insert, StoreError> {
+        let mut conn = self.conn().await?;
+        let outcome = conn
+            .transaction(async |conn| {
+                let claimed: Option<String> = diesel::insert_into(ingest_requests::table)
+                    .values((
+                        ingest_requests::idempotency_key.eq(&key.key),
+                        ingest_requests::body_sha256.eq(&key.body_sha256[..]),
+                        ingest_requests::acks.eq(Value::Array(Vec::new())),
+                    ))
+                    .on_conflict_do_nothing()
+                    .returning(ingest_requests::idempotency_key)
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                if claimed.is_none() {
+                    // Taken, and committed (a concurrent first request is waited for).
+                    let (body_sha256, acks): (Vec<u8>, Value) = ingest_requests::table
+                        .select((ingest_requests::body_sha256, ingest_requests::acks))
+                        .filter(ingest_requests::idempotency_key.eq(&key.key))
+                        .first(conn)
+                        .await?;
+                    if body_sha256 != key.body_sha256 {
+                        return Ok(Insert::KeyReused);
+                    }
+                    let acks: Vec<Ack> = serde_json::from_value(acks).unwrap_or_default();
+                    return Ok(Insert::Replayed(acks));
+                }
+                let per_job = count_per_job(records);
+                let stored = insert_in_transaction(conn, records, &per_job).await?;
+                let acks: Vec<Ack> = stored.iter().map(StoredRecord::ack).collect();
+                diesel::update(ingest_requests::table.find(&key.key))
+                    .set(ingest_requests::acks.eq(serde_json::to_value(&acks).unwrap_or_default()))
+                    .execute(conn)
+                    .await?;
+                Ok::<_, diesel::result::Error>(Insert::Stored(stored))
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Forgets idempotency keys older than `age`; returns how many.
+    pub async fn purge_idempotency_keys(&self, age: Duration) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::days(1));
+        Ok(
+            diesel::delete(ingest_requests::table.filter(ingest_requests::created_at.lt(cutoff)))
+                .execute(&mut conn)
+                .await?,
+        )
+    }
+
     /// Stores records in one transaction: each job's counter is advanced once (jobs locked in
     /// ascending order, so concurrent multi-job batches cannot deadlock), each record gets the
     /// next `seq` of its job in request order, and rows go in with chunked multi-row INSERTs.
@@ -209,10 +261,7 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut per_job: BTreeMap<i64, i64> = BTreeMap::new();
-        for r in records {
-            *per_job.entry(r.job_id).or_default() += 1;
-        }
+        let per_job = count_per_job(records);
         let mut conn = self.conn().await?;
         let per_job = &per_job;
         let stored = conn
@@ -269,6 +318,32 @@ impl Store {
         let mut conn = self.conn().await?;
         Ok(logs::table.count().get_result(&mut conn).await?)
     }
+}
+
+/// An ingest request's idempotency key and the hash of its body.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub body_sha256: Vec<u8>,
+}
+
+/// What an idempotent insert did.
+#[derive(Debug)]
+pub enum Insert {
+    /// First time: these records were stored.
+    Stored(Vec<StoredRecord>),
+    /// A retry: nothing stored; these are the first request's acks.
+    Replayed(Vec<Ack>),
+    /// The key was used before with another body; nothing stored.
+    KeyReused,
+}
+
+fn count_per_job(records: &[NewRecord]) -> BTreeMap<i64, i64> {
+    let mut per_job = BTreeMap::new();
+    for r in records {
+        *per_job.entry(r.job_id).or_default() += 1;
+    }
+    per_job
 }
 
 /// The body of [`Store::insert`]'s transaction.

@@ -280,7 +280,7 @@
     if (st.pending.length > MAX_LINES) {          // e.g. background tab: no frames
       const drop = st.pending.length - MAX_LINES;
       st.pending.splice(0, drop);
-      st.trimmed += drop;
+      st.trimmed += drop + el.log.childElementCount - (trimMarker ? 1 : 0);
       el.log.replaceChildren();                   // everything on screen is older
       trimMarker = null;
     }
@@ -318,13 +318,8 @@
       trimMarker = makeMarker('', 'trimmed');
       log.prepend(trimMarker);
     }
-    if (excess > 0) {
-      const range = document.createRange();       // children[0] is the marker
-      range.setStartAfter(trimMarker);
-      range.setEndAfter(log.children[excess]);
-      range.deleteContents();
-      st.trimmed += excess;
-    }
+    for (let i = 0; i < excess; i++) trimMarker.nextElementSibling.remove();
+    if (excess > 0) st.trimmed += excess;
     trimMarker.textContent = 'earlier lines trimmed (' + st.trimmed.toLocaleString() +
       ' removed, keeping the last ' + MAX_LINES.toLocaleString() + ')';
     if (!st.follow) log.scrollTop -= before - log.scrollHeight;  // keep the view steady

@@ -11,8 +11,8 @@ use serde_json::json;
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::record::{self, BodyError, Limits};
-use crate::store::StoreError;
+use crate::record::{self, Ack, BodyError, Limits};
+use crate::store::{Idempotency, Insert, StoreError};
 
 /// How the body is framed, from its content type.
 fn body_kind(req: &HttpRequest) -> Result<bool, ApiError> {
@@ -64,6 +64,26 @@ async fn read_body(
     Ok(body)
 }
 
+/// The `Idempotency-Key` header, if any, with the body's hash.
+fn idempotency_key(req: &HttpRequest, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
+    use sha2::Digest;
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        body_sha256: sha2::Sha256::digest(body).to_vec(),
+    }))
+}
+
 pub async fn ingest(
     req: HttpRequest,
     payload: web::Payload,
@@ -88,7 +108,12 @@ pub async fn ingest(
     let records =
         record::validate_all(values, &limits, Utc::now()).map_err(ApiError::InvalidRecords)?;
 
-    let stored = state.store.insert(&records).await.map_err(|e| {
+    let idempotency = idempotency_key(&req, &body)?;
+    let outcome = match &idempotency {
+        Some(key) => state.store.insert_idempotent(&records, key).await,
+        None => state.store.insert(&records).await.map(Insert::Stored),
+    }
+    .map_err(|e| {
         log::warn!("ingest of {} records failed: {e}", records.len());
         ApiError::Unavailable(match e {
             StoreError::Unavailable(_) => {
@@ -99,22 +124,32 @@ pub async fn ingest(
             }
         })
     })?;
+    let stored =
+        match outcome {
+            Insert::Stored(stored) => stored,
+            Insert::Replayed(acks) => {
+                return Ok(HttpResponse::Created()
+                    .insert_header(("Idempotent-Replayed", "true"))
+                    .json(json!({ "count": acks.len(), "records": acks })));
+            }
+            Insert::KeyReused => return Err(ApiError::Conflict(
+                "this Idempotency-Key was already used with a different body; nothing was stored"
+                    .into(),
+            )),
+        };
     Metrics::inc(&state.metrics.records_ingested, stored.len() as u64);
 
     let frames: Vec<(i64, String)> = stored.iter().map(|r| (r.job_id, r.to_json())).collect();
-    if let Err(e) = state
-        .publisher
-        .publish(frames.iter().map(|(job, json)| (*job, json.as_str())))
-        .await
-    {
-        // Stored is what counts: viewers heal from PostgreSQL when Redis is back.
+    if let Err(e) = state.publisher.publish_or_keep(frames).await {
+        // Stored is what counts: the frames are published again when Redis answers, and
+        // viewers heal from PostgreSQL meanwhile.
         Metrics::inc(&state.metrics.publish_failures, stored.len() as u64);
-        log::warn!("publishing {} stored records failed: {e:#}", stored.len());
+        log::warn!(
+            "publishing {} stored records failed (kept for retry): {e:#}",
+            stored.len()
+        );
     }
 
-    let acks: Vec<_> = stored
-        .iter()
-        .map(|r| json!({ "job_id": r.job_id, "id": r.id, "seq": r.seq }))
-        .collect();
+    let acks: Vec<Ack> = stored.iter().map(|r| r.ack()).collect();
     Ok(HttpResponse::Created().json(json!({ "count": acks.len(), "records": acks })))
 }

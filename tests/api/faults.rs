@@ -17,10 +17,10 @@ async fn the_subscriber_comes_back_after_redis_is_killed_and_viewers_get_a_gap_t
     app.ingest(&json!(record(21, "before"))).await;
     assert_eq!(viewer.next_json(WAIT).await.unwrap()["seq"], 1);
 
-    app.redis.kill();
+    app.redis().kill();
     // Stored while Redis is down: 201 all the same.
     app.ingest(&json!(record(21, "during"))).await;
-    app.redis.resume();
+    app.redis().resume();
 
     let frames = viewer.collect_until(WAIT, |f| f["control"] == "gap").await;
     assert_eq!(
@@ -50,7 +50,7 @@ async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_resta
     let mut cluster = rx.recv().unwrap();
     let database_url = create_database(&cluster).await;
     let redis = RedisServer::start();
-    let app = start(test_settings(&database_url, &redis), redis).await;
+    let app = start(test_settings(&database_url, &redis.url()), Some(redis)).await;
     app.ingest(&json!(record(1, "one"))).await;
 
     cluster.stop();
@@ -90,10 +90,10 @@ async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_resta
 
 #[actix_web::test]
 async fn a_frozen_redis_is_noticed_within_the_ping_bound_and_recovered_from() {
-    let app = crate::helpers::spawn_app().await;
+    let mut app = crate::helpers::spawn_app().await;
     let mut viewer = app.viewer("/ws/jobs/2").await;
     viewer.history().await;
-    app.redis.signal(libc::SIGSTOP);
+    app.redis().signal(libc::SIGSTOP);
     let began = Instant::now();
     // Ping every 200 ms, 1 s timeout: the subscriber must report itself down within ~1.5 s.
     loop {
@@ -106,7 +106,7 @@ async fn a_frozen_redis_is_noticed_within_the_ping_bound_and_recovered_from() {
         );
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
-    app.redis.signal(libc::SIGCONT);
+    app.redis().signal(libc::SIGCONT);
     app.wait_ready().await;
     let frames = viewer.collect_until(WAIT, |f| f["control"] == "gap").await;
     assert_eq!(frames.last().unwrap()["reason"], "redis_reconnect");

@@ -16,7 +16,10 @@ use crate::services::{shared_cluster, PgCluster, RedisServer};
 pub struct TestApp {
     pub address: String,
     pub port: u16,
-    pub redis: RedisServer,
+    pub database_url: String,
+    pub redis_url: String,
+    /// The redis-server this gateway started with, when it owns one.
+    redis: Option<RedisServer>,
     pub store: Store,
 }
 
@@ -39,11 +42,11 @@ pub async fn create_database(cluster: &PgCluster) -> String {
 }
 
 /// Settings for a test gateway: port 0, quick Redis fault detection.
-pub fn test_settings(database_url: &str, redis: &RedisServer) -> Settings {
+pub fn test_settings(database_url: &str, redis_url: &str) -> Settings {
     let mut settings = Settings::defaults();
     settings.bind = "127.0.0.1:0".parse().unwrap();
     settings.database_url = database_url.to_string();
-    settings.redis_url = redis.url();
+    settings.redis_url = redis_url.to_string();
     settings.redis_ping_interval_ms = 200;
     settings.redis_ping_timeout_ms = 1000;
     settings.db_timeout_ms = 1000;
@@ -60,14 +63,15 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let redis = RedisServer::start();
     let database_url = create_database(shared_cluster()).await;
-    let mut settings = test_settings(&database_url, &redis);
+    let mut settings = test_settings(&database_url, &redis.url());
     tweak(&mut settings);
-    start(settings, redis).await
+    start(settings, Some(redis)).await
 }
 
 /// Builds and starts a gateway with these settings, waiting until it is subscribed.
-pub async fn start(settings: Settings, redis: RedisServer) -> TestApp {
+pub async fn start(settings: Settings, redis: Option<RedisServer>) -> TestApp {
     let database_url = settings.database_url.clone();
+    let settings_redis_url = settings.redis_url.clone();
     let app = Application::build(settings).await.expect("build app");
     let port = app.port();
     actix_web::rt::spawn(app.run_until_stopped(false));
@@ -75,6 +79,8 @@ pub async fn start(settings: Settings, redis: RedisServer) -> TestApp {
     let test_app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        redis_url: settings_redis_url,
+        database_url,
         redis,
         store,
     };
@@ -83,6 +89,13 @@ pub async fn start(settings: Settings, redis: RedisServer) -> TestApp {
 }
 
 impl TestApp {
+    /// The redis-server this gateway owns (to kill, restart or freeze it).
+    pub fn redis(&mut self) -> &mut RedisServer {
+        self.redis
+            .as_mut()
+            .expect("this gateway owns no redis-server")
+    }
+
     /// Waits until `/readyz` answers 200 (subscriber up, database reachable).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -115,6 +128,20 @@ impl TestApp {
         (status, json)
     }
 
+    /// POSTs JSON with an `Idempotency-Key`; returns status, JSON body and whether the answer
+    /// was a replay.
+    pub async fn post_idempotent(&self, key: &str, body: &Value) -> (u16, Value, bool) {
+        let mut resp = client()
+            .post(format!("{}/api/v1/logs", self.address))
+            .insert_header(("Idempotency-Key", key))
+            .send_json(body)
+            .await
+            .expect("POST /api/v1/logs");
+        let replayed = resp.headers().contains_key("Idempotent-Replayed");
+        let json = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (resp.status().as_u16(), json, replayed)
+    }
+
     /// Ingests records as a JSON array, expecting 201; returns the acks.
     pub async fn ingest(&self, records: &Value) -> Vec<Value> {
         let (status, body) = self
@@ -131,7 +158,7 @@ impl TestApp {
 
     /// A Redis connection of the test's own (not the gateway's).
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
+        redis::Client::open(self.redis_url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
