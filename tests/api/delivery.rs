@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{client, record, seqs, spawn_app, spawn_app_with, start, test_settings};
+use crate::helpers::{
+    client, record, seqs, spawn_app, spawn_app_with, start, test_settings, GatewayProcess,
+};
 
 #[actix_web::test]
 async fn a_retried_ingest_with_the_same_idempotency_key_stores_nothing_twice() {
@@ -153,4 +155,85 @@ async fn soak_every_viewer_gets_exactly_its_jobs_seqs_while_redis_is_killed_twic
     let a = app.lock().await;
     assert_eq!(a.row_count().await, TOTAL as i64);
     assert!(a.metric("gateway_redis_subscribes_total").await >= 3);
+}
+
+#[actix_web::test]
+async fn sigterm_closes_viewers_with_1001_finishes_ingests_and_exits_promptly() {
+    let app = spawn_app().await;
+    let port = crate::services::free_port();
+    let gateway = GatewayProcess::start(port, &app.database_url, &app.redis_url).await;
+    let mut viewer =
+        crate::helpers::Viewer::connect(&format!("ws://127.0.0.1:{port}/ws/jobs/3")).await;
+    viewer.history().await;
+
+    // Ingests keep coming while the signal lands.
+    let address = gateway.address.clone();
+    let producer = actix_web::rt::spawn(async move {
+        let mut acked = 0;
+        for i in 0..200 {
+            let sent = client()
+                .post(format!("{address}/api/v1/logs"))
+                .send_json(&record(3, &format!("r{i}")))
+                .await;
+            match sent {
+                Ok(resp) if resp.status() == 201 => acked += 1,
+                _ => break,
+            }
+        }
+        acked
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    let (clean, took) = gateway.terminate().await;
+    assert!(clean, "exit status not 0");
+    assert!(took < Duration::from_secs(12), "shutdown took {took:?}");
+    while viewer.next_json(Duration::from_secs(5)).await.is_some() {}
+    assert_eq!(viewer.close_code, Some(1001));
+    let acked = producer.await.unwrap();
+    assert!(acked > 0);
+    assert_eq!(
+        app.row_count().await,
+        acked,
+        "every acknowledged record is stored"
+    );
+}
+
+#[actix_web::test]
+async fn soak_viewers_of_a_restarted_gateway_resume_with_after_seq_and_miss_nothing() {
+    const JOBS: usize = 10;
+    const TOTAL: usize = 20_000;
+    let per_job = (TOTAL / JOBS) as i64;
+    let app = spawn_app().await;
+    let (port_a, port_b) = (crate::services::free_port(), crate::services::free_port());
+    let a = GatewayProcess::start(port_a, &app.database_url, &app.redis_url).await;
+    let b = GatewayProcess::start(port_b, &app.database_url, &app.redis_url).await;
+
+    let readers: Vec<_> = (1..=JOBS)
+        .flat_map(|job| [(job, port_a), (job, port_b)])
+        .map(|(job, port)| {
+            actix_web::rt::spawn(crate::helpers::follow_with_reconnects(
+                format!("ws://127.0.0.1:{port}/ws/jobs/{job}"),
+                per_job,
+                Duration::from_secs(60),
+            ))
+        })
+        .collect();
+    // Producers write through gateway A (which stays up) while B restarts.
+    let producers = actix_web::rt::spawn(produce(a.address.clone(), 4, TOTAL, JOBS, 50));
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    let (clean, _) = b.terminate().await;
+    assert!(clean);
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let b = GatewayProcess::start(port_b, &app.database_url, &app.redis_url).await;
+    producers.await.unwrap();
+    for reader in readers {
+        let got = reader.await.unwrap();
+        assert!(
+            got.iter().copied().eq(1..=per_job),
+            "{} records, first {:?}, last {:?}",
+            got.len(),
+            got.first(),
+            got.last()
+        );
+    }
+    drop((a, b));
 }

@@ -86,6 +86,66 @@ async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_resta
     };
     assert_eq!(acks[0]["seq"], 2, "the refused record took no seq");
     assert_eq!(app.row_count().await, 2);
+
+    // During a stream of ingests: every 201 is stored once and delivered, every 503 is absent.
+    let mut viewer = app.viewer("/ws/jobs/1").await;
+    assert_eq!(seqs(&viewer.history().await), [1, 2]);
+    let address = app.address.clone();
+    let producer = actix_web::rt::spawn(async move {
+        let (mut acked, mut refused) = (Vec::new(), Vec::new());
+        for i in 0..300 {
+            let message = format!("stream-{i}");
+            let resp = crate::helpers::client()
+                .post(format!("{address}/api/v1/logs"))
+                .send_json(&record(1, &message))
+                .await
+                .expect("post");
+            match resp.status().as_u16() {
+                201 => acked.push(message),
+                503 => refused.push(message),
+                other => panic!("unexpected status {other}"),
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acked, refused)
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    cluster.stop();
+    // Records published straight to Redis keep flowing while PostgreSQL is down.
+    app.publish_raw(
+        "session-logs:1",
+        br#"{"job_id":1,"message":"raw during outage"}"#,
+    )
+    .await;
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    cluster.resume();
+    let (acked, refused) = producer.await.unwrap();
+    assert!(!refused.is_empty(), "PostgreSQL was never seen down");
+    let stored: Vec<String> = app
+        .store
+        .history(1, 2, None, &Default::default(), 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message)
+        .collect();
+    assert_eq!(
+        stored, acked,
+        "exactly the acknowledged records, once each, in order"
+    );
+    let frames = viewer
+        .collect_until(WAIT, |f| f["seq"].as_i64() == Some(2 + acked.len() as i64))
+        .await;
+    assert!(frames.iter().any(|f| f["message"] == "raw during outage"));
+    let delivered: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.get("seq").is_some())
+        .filter_map(|f| f["message"].as_str())
+        .collect();
+    assert_eq!(
+        delivered,
+        acked.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 
 #[actix_web::test]

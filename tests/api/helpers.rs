@@ -206,6 +206,8 @@ pub fn client() -> awc::Client {
 /// A WebSocket viewer that answers pings and collects text frames as JSON.
 pub struct Viewer {
     conn: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+    /// The code of the close frame the gateway sent, once it did.
+    pub close_code: Option<u16>,
 }
 
 impl Viewer {
@@ -220,7 +222,10 @@ impl Viewer {
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Viewer { conn })
+        Ok(Viewer {
+            conn,
+            close_code: None,
+        })
     }
 
     /// The next text frame as JSON, or None if nothing arrives within `wait` (or it closed).
@@ -242,7 +247,10 @@ impl Viewer {
                 ws::Frame::Ping(bytes) => {
                     let _ = self.conn.send(ws::Message::Pong(bytes)).await;
                 }
-                ws::Frame::Close(_) => return None,
+                ws::Frame::Close(reason) => {
+                    self.close_code = reason.map(|r| u16::from(r.code));
+                    return None;
+                }
                 _ => {}
             }
         }
@@ -290,4 +298,97 @@ pub fn seqs(frames: &[Value]) -> Vec<i64> {
 /// A record for job `job_id` with message `message`.
 pub fn record(job_id: i64, message: &str) -> Value {
     serde_json::json!({ "job_id": job_id, "message": message, "level": "info", "source": "test" })
+}
+
+/// The gateway binary as a real process (for signals and restarts).
+pub struct GatewayProcess {
+    pub address: String,
+    child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `port` and waits until it is ready.
+    pub async fn start(port: u16, database_url: &str, redis_url: &str) -> GatewayProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_session-log-gateway"))
+            .env("GATEWAY_BIND", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url)
+            .env("GATEWAY_REDIS_PING_INTERVAL_MS", "200")
+            .env("GATEWAY_REDIS_PING_TIMEOUT_MS", "1000")
+            .env("GATEWAY_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start the gateway binary");
+        let gateway = GatewayProcess {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = client()
+                .get(format!("{}/readyz", gateway.address))
+                .send()
+                .await
+            {
+                if resp.status() == 200 {
+                    return gateway;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway process never became ready"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited cleanly and how long
+    /// it took.
+    pub async fn terminate(mut self) -> (bool, Duration) {
+        let began = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.success(), began.elapsed());
+            }
+            if began.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                return (false, began.elapsed());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A viewer that reconnects with `after_seq` whenever its connection ends, until it has seen
+/// `last` (or nothing arrives for `patience`). Returns every seq it received, in order.
+pub async fn follow_with_reconnects(url_base: String, last: i64, patience: Duration) -> Vec<i64> {
+    let mut got: Vec<i64> = Vec::new();
+    let began = Instant::now();
+    while got.last() != Some(&last) && began.elapsed() < patience {
+        let after = got.last().copied().unwrap_or(0);
+        let Ok(mut viewer) = Viewer::try_connect(&format!("{url_base}?after_seq={after}")).await
+        else {
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while let Some(frame) = viewer.next_json(Duration::from_secs(10)).await {
+            if let Some(seq) = frame.get("seq").and_then(Value::as_i64) {
+                if frame.get("control").is_none() {
+                    got.push(seq);
+                }
+            }
+            if got.last() == Some(&last) {
+                break;
+            }
+        }
+    }
+    got
 }
