@@ -4,10 +4,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::{
-    client, record, seqs, spawn_app, spawn_app_with, start, test_settings, GatewayProcess,
+    client, produce, record, seqs, spawn_app, spawn_app_with, start, test_settings, GatewayProcess,
 };
 
 #[actix_web::test]
@@ -56,40 +56,6 @@ async fn a_record_ingested_at_one_gateway_reaches_viewers_on_another() {
         (frame["seq"].as_i64(), frame["message"].as_str()),
         (Some(1), Some("from the first gateway"))
     );
-}
-
-/// Posts `total` records spread over jobs 1..=jobs by `producers` concurrent clients in
-/// batches; every request must get 201.
-async fn produce(address: String, producers: usize, total: usize, jobs: usize, batch: usize) {
-    let per_producer = total / producers;
-    let tasks: Vec<_> = (0..producers)
-        .map(|p| {
-            let address = address.clone();
-            actix_web::rt::spawn(async move {
-                let mut sent = 0;
-                while sent < per_producer {
-                    let records: Vec<Value> = (sent..(sent + batch).min(per_producer))
-                        .map(|i| {
-                            record(
-                                ((p * per_producer + i) % jobs + 1) as i64,
-                                &format!("p{p} r{i}"),
-                            )
-                        })
-                        .collect();
-                    sent += records.len();
-                    let mut resp = client()
-                        .post(format!("{address}/api/v1/logs"))
-                        .send_json(&records)
-                        .await
-                        .expect("post");
-                    assert_eq!(resp.status(), 201, "{:?}", resp.body().await);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("producer");
-    }
 }
 
 #[actix_web::test]

@@ -392,3 +392,37 @@ pub async fn follow_with_reconnects(url_base: String, last: i64, patience: Durat
     }
     got
 }
+
+/// Posts `total` records spread over jobs 1..=jobs by `producers` concurrent clients in
+/// batches; every request must get 201.
+pub async fn produce(address: String, producers: usize, total: usize, jobs: usize, batch: usize) {
+    let per_producer = total / producers;
+    let tasks: Vec<_> = (0..producers)
+        .map(|p| {
+            let address = address.clone();
+            actix_web::rt::spawn(async move {
+                let mut sent = 0;
+                while sent < per_producer {
+                    let records: Vec<Value> = (sent..(sent + batch).min(per_producer))
+                        .map(|i| {
+                            record(
+                                ((p * per_producer + i) % jobs + 1) as i64,
+                                &format!("p{p} r{i}"),
+                            )
+                        })
+                        .collect();
+                    sent += records.len();
+                    let mut resp = client()
+                        .post(format!("{address}/api/v1/logs"))
+                        .send_json(&records)
+                        .await
+                        .expect("post");
+                    assert_eq!(resp.status(), 201, "{:?}", resp.body().await);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("producer");
+    }
+}

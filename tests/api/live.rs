@@ -52,31 +52,14 @@ async fn a_raw_publish_by_another_producer_reaches_the_viewer_byte_for_byte() {
 #[actix_web::test]
 async fn a_viewer_joining_with_tail_during_concurrent_ingest_gets_every_seq_once_in_order() {
     let app = spawn_app().await;
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let address = app.address.clone();
-            actix_web::rt::spawn(async move {
-                for batch in 0..20 {
-                    let records: Vec<Value> = (0..25)
-                        .map(|i| record(5, &format!("p{p} b{batch} r{i}")))
-                        .collect();
-                    let mut resp = crate::helpers::client()
-                        .post(format!("{address}/api/v1/logs"))
-                        .send_json(&records)
-                        .await
-                        .expect("post");
-                    assert_eq!(resp.status(), 201, "{:?}", resp.body().await);
-                }
-            })
-        })
-        .collect();
+    // Four concurrent producers, batches of 25, all for job 1.
+    let producers =
+        actix_web::rt::spawn(crate::helpers::produce(app.address.clone(), 4, 2000, 1, 25));
     // Join while the producers are mid-way.
     actix_web::rt::time::sleep(Duration::from_millis(150)).await;
-    let mut viewer = app.viewer("/ws/jobs/5?tail=100000").await;
+    let mut viewer = app.viewer("/ws/jobs/1?tail=100000").await;
     let frames = viewer.collect_until(WAIT, |f| f["seq"] == 2000).await;
-    for p in producers {
-        p.await.unwrap();
-    }
+    producers.await.unwrap();
     let got = seqs(&frames);
     assert_eq!(got, (1..=2000).collect::<Vec<i64>>());
     let ends = frames
