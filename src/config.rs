@@ -69,7 +69,11 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_VIEWER_QUEUE", default_value_t = 4096)]
     pub viewer_queue: usize,
 
-    /// Seconds between WebSocket pings to each viewer.
+    /// Most jobs one `GET /ws` connection may watch at once.
+    #[arg(long, env = "GATEWAY_MAX_JOBS_PER_SOCKET", default_value_t = 50)]
+    pub max_jobs_per_socket: usize,
+
+    /// Seconds between WebSocket pings to each viewer (and SSE keep-alive comments).
     #[arg(long, env = "GATEWAY_HEARTBEAT_SECS", default_value_t = 10)]
     pub heartbeat_secs: u64,
 

@@ -5,9 +5,9 @@
 //! never touches PostgreSQL; a viewer whose queue is full is flagged as lagging and heals itself
 //! from PostgreSQL (see `session`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bytestring::ByteString;
@@ -48,8 +48,9 @@ pub struct Viewer {
     tx: mpsc::Sender<Delivery>,
     /// Set when a delivery did not fit in the queue; the viewer's task heals and clears it.
     lagged: AtomicBool,
-    /// Records without `seq` lost to a full queue since the viewer last reported them.
-    dropped_unsequenced: AtomicU64,
+    /// Records without `seq` lost to a full queue, per job, since the viewer last reported
+    /// them (touched only when a queue is full).
+    dropped_unsequenced: Mutex<BTreeMap<i64, u64>>,
 }
 
 impl Viewer {
@@ -58,9 +59,14 @@ impl Viewer {
         self.lagged.swap(false, Ordering::AcqRel)
     }
 
-    /// Clears and returns the count of unsequenced records lost.
-    pub fn take_dropped(&self) -> u64 {
-        self.dropped_unsequenced.swap(0, Ordering::AcqRel)
+    /// Clears and returns the counts of unsequenced records lost, per job.
+    pub fn take_dropped(&self) -> BTreeMap<i64, u64> {
+        std::mem::take(
+            &mut *self
+                .dropped_unsequenced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     fn offer(&self, delivery: Delivery, metrics: &Metrics) -> bool {
@@ -69,7 +75,11 @@ impl Viewer {
             Err(mpsc::error::TrySendError::Full(delivery)) => {
                 if let Delivery::Record(msg) = &delivery {
                     if msg.seq.is_none() {
-                        self.dropped_unsequenced.fetch_add(1, Ordering::Relaxed);
+                        let mut dropped = self
+                            .dropped_unsequenced
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        *dropped.entry(msg.job_id).or_default() += 1;
                     }
                 }
                 if !self.lagged.swap(true, Ordering::AcqRel) {
@@ -173,7 +183,7 @@ impl Hub {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             tx,
             lagged: AtomicBool::new(false),
-            dropped_unsequenced: AtomicU64::new(0),
+            dropped_unsequenced: Mutex::new(BTreeMap::new()),
         });
         self.inner
             .viewers

@@ -3,13 +3,15 @@
 //! overflowed viewer queue, ingests that published out of order) are filled from PostgreSQL.
 //! Transport-neutral: the WebSocket and SSE routes each provide a [`FrameSink`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use serde_json::json;
 
-use crate::hub::LiveMessage;
+use crate::hub::{Delivery, LiveMessage, Registration};
 use crate::metrics::Metrics;
 use crate::record::control_frame;
 use crate::store::{Filter, Store, StoreError};
@@ -26,12 +28,21 @@ pub enum FeedError {
     TooSlow,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the viewer kept falling behind")]
+    Hopeless,
 }
 
 /// Where a viewer's frames go (a WebSocket session, an SSE body).
 pub trait FrameSink {
-    /// Sends one frame: a record's JSON or a control frame.
-    fn send(&mut self, frame: ByteString) -> impl Future<Output = Result<(), FeedError>>;
+    /// Sends one record's JSON (`seq` is known for records the gateway stored).
+    fn send_record(
+        &mut self,
+        json: ByteString,
+        seq: Option<i64>,
+    ) -> impl Future<Output = Result<(), FeedError>>;
+
+    /// Sends a control frame (a JSON object with a top-level `control` key).
+    fn send_control(&mut self, json: String) -> impl Future<Output = Result<(), FeedError>>;
 }
 
 /// Where a feed starts, from the viewer's query.
@@ -89,11 +100,11 @@ impl JobFeed {
                 log::warn!("history of job {job_id} unavailable: {e}");
                 let frame =
                     control_frame("gap", job_id, &[("reason", json!("history_unavailable"))]);
-                sink.send(frame.into()).await?;
+                sink.send_control(frame).await?;
             }
         }
         let end = control_frame("history_end", job_id, &[("last_seq", json!(feed.last_seq))]);
-        sink.send(end.into()).await?;
+        sink.send_control(end).await?;
         Ok(feed)
     }
 
@@ -108,7 +119,8 @@ impl JobFeed {
                 .await?;
             let complete = (page.len() as i64) < PAGE;
             for record in page {
-                sink.send(record.to_json().into()).await?;
+                sink.send_record(record.to_json().into(), Some(record.seq))
+                    .await?;
                 self.last_seq = record.seq;
                 sent += 1;
             }
@@ -142,7 +154,7 @@ impl JobFeed {
             ],
         );
         self.last_seq = self.last_seq.max(before - 1);
-        sink.send(frame.into()).await
+        sink.send_control(frame).await
     }
 
     /// Handles one live record: drops a duplicate, fills a hole before it from PostgreSQL,
@@ -167,7 +179,7 @@ impl JobFeed {
             None => {}
         }
         if self.filter.admits(message.level, message.device_id) {
-            sink.send(message.frame.clone()).await?;
+            sink.send_record(message.frame.clone(), message.seq).await?;
         }
         Ok(())
     }
@@ -189,5 +201,118 @@ impl JobFeed {
             Err(FeedError::Store(e)) => self.report_unhealed(stored + 1, &e, sink).await,
             Err(e) => Err(e),
         }
+    }
+}
+
+/// All the jobs one viewer (one connection) watches, and its place in the hub.
+pub struct Feeds {
+    registration: Registration,
+    feeds: HashMap<i64, JobFeed>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Since when the viewer has been overflowing its queue without draining it.
+    lagging_since: Option<Instant>,
+    /// How long a viewer may keep lagging before it is given up on.
+    hopeless_after: Duration,
+}
+
+impl Feeds {
+    pub fn new(
+        registration: Registration,
+        store: Store,
+        metrics: Arc<Metrics>,
+        hopeless_after: Duration,
+    ) -> Feeds {
+        Feeds {
+            registration,
+            feeds: HashMap::new(),
+            store,
+            metrics,
+            lagging_since: None,
+            hopeless_after,
+        }
+    }
+
+    /// Starts watching a job: live first (in the hub), then history, then `history_end`.
+    pub async fn subscribe(
+        &mut self,
+        job_id: i64,
+        filter: Filter,
+        start: Start,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FeedError> {
+        self.registration.watch(job_id);
+        let feed = JobFeed::start(
+            job_id,
+            filter,
+            start,
+            self.store.clone(),
+            self.metrics.clone(),
+            sink,
+        )
+        .await?;
+        self.feeds.insert(job_id, feed);
+        Ok(())
+    }
+
+    pub fn unsubscribe(&mut self, job_id: i64) -> bool {
+        self.registration.unwatch(job_id);
+        self.feeds.remove(&job_id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.feeds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.feeds.is_empty()
+    }
+
+    /// Handles one delivery from the viewer's queue; `queue_empty` says whether the queue was
+    /// drained by it (a lagging viewer that drains its queue has caught up).
+    pub async fn on_delivery(
+        &mut self,
+        delivery: Delivery,
+        queue_empty: bool,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FeedError> {
+        if self.registration.viewer.take_lagged() {
+            let since = *self.lagging_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > self.hopeless_after {
+                return Err(FeedError::Hopeless);
+            }
+            for feed in self.feeds.values_mut() {
+                feed.heal(sink).await?;
+            }
+            for (job_id, count) in self.registration.viewer.take_dropped() {
+                sink.send_control(control_frame("dropped", job_id, &[("count", json!(count))]))
+                    .await?;
+            }
+        }
+        match delivery {
+            Delivery::Record(message) => {
+                if let Some(feed) = self.feeds.get_mut(&message.job_id) {
+                    feed.on_live(&message, sink).await?;
+                }
+            }
+            Delivery::Gap { reason } => {
+                for feed in self.feeds.values_mut() {
+                    feed.heal(sink).await?;
+                    let frame = control_frame(
+                        "gap",
+                        feed.job_id,
+                        &[
+                            ("reason", json!(reason)),
+                            ("healed_to_seq", json!(feed.last_seq)),
+                        ],
+                    );
+                    sink.send_control(frame).await?;
+                }
+            }
+        }
+        if queue_empty {
+            self.lagging_since = None;
+        }
+        Ok(())
     }
 }

@@ -313,6 +313,32 @@ impl Store {
         Ok(rows.into_iter().map(StoredRecord::from).collect())
     }
 
+    /// The `limit` records of a job just before `before_seq` that pass `filter`, ascending.
+    pub async fn history_before(
+        &self,
+        job_id: i64,
+        before_seq: i64,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = logs::table
+            .select(LogRow::as_select())
+            .filter(logs::job_id.eq(job_id))
+            .filter(logs::seq.lt(before_seq))
+            .order(logs::seq.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(levels) = filter.levels() {
+            query = query.filter(logs::level.eq_any(levels));
+        }
+        if let Some(device) = filter.device_id {
+            query = query.filter(logs::device_id.eq(device));
+        }
+        let rows: Vec<LogRow> = query.load(&mut conn).await?;
+        Ok(rows.into_iter().rev().map(StoredRecord::from).collect())
+    }
+
     /// Number of stored rows (for tests and diagnostics).
     pub async fn count(&self) -> Result<i64, StoreError> {
         let mut conn = self.conn().await?;

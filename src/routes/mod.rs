@@ -2,7 +2,9 @@
 //! `session`, and map the outcome to a response; they hold no state of their own.
 
 pub mod health;
+pub mod history;
 pub mod ingest;
+pub mod sse;
 pub mod ws;
 
 use std::path::PathBuf;
@@ -35,5 +37,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, static_dir: PathBuf) {
         .route("/metrics", web::get().to(health::metrics))
         .route("/api/v1/logs", web::post().to(ingest::ingest))
         .route("/ws/jobs/{job_id}", web::get().to(ws::job_socket))
+        .route("/ws", web::get().to(ws::multi_socket))
+        .route("/api/v1/jobs/{job_id}/logs", web::get().to(history::logs))
+        .route(
+            "/api/v1/jobs/{job_id}/logs.txt",
+            web::get().to(history::download),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/stream",
+            web::get().to(sse::job_stream),
+        )
+        .route("/logs/stream", web::get().to(sse::netraven_stream))
+        .route("/api/logs/stream", web::get().to(sse::netraven_stream))
         .service(actix_files::Files::new("/", static_dir).index_file("index.html"));
 }

@@ -1,8 +1,9 @@
-//! `GET /ws/jobs/{job_id}`: one job's records over a WebSocket. Each viewer gets its own task
-//! and bounded queue; the task sends history, then live records through `session::JobFeed`,
-//! pings the peer, and closes it when it is dead (no frame for the client timeout), too slow
-//! (a write blocked for the slow-viewer time, or lagging for that long: 1013) or when the
-//! gateway shuts down (1001).
+//! WebSocket viewers. `GET /ws/jobs/{job_id}` streams one job; `GET /ws` streams the jobs the
+//! client subscribes to with `{"op":"subscribe","job_id":N,"after_seq":M}` and
+//! `{"op":"unsubscribe","job_id":N}` frames. Each connection gets its own task and bounded
+//! queue (`session::Feeds`); the task pings the peer and closes it when it is dead (no frame
+//! for the client timeout: 1008), too slow (a write blocked, or lagging, for the slow-viewer
+//! time: 1013), or when the gateway shuts down (1001).
 
 use std::time::{Duration, Instant};
 
@@ -15,17 +16,16 @@ use serde_json::json;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::hub::Delivery;
 use crate::metrics::Metrics;
 use crate::record::{control_frame, Level};
-use crate::session::{FeedError, FrameSink, JobFeed, Start};
+use crate::session::{FeedError, Feeds, FrameSink, Start};
 use crate::store::Filter;
 
 /// Largest frame a viewer may send us (viewers only send small control frames).
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
 /// Query parameters shared by the streaming routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
     pub after_seq: Option<i64>,
     pub tail: Option<i64>,
@@ -47,7 +47,12 @@ impl StreamQuery {
                 "device_id must be a positive integer".into(),
             ));
         }
-        let min_level = match &self.level {
+        let min_level = match self
+            .level
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             None => None,
             Some(text) => Some(Level::parse(text).ok_or_else(|| {
                 ApiError::BadRequest(format!(
@@ -89,12 +94,29 @@ pub async fn job_socket(
 ) -> Result<HttpResponse, ApiError> {
     let job_id = job_id(&path)?;
     let (start, filter) = query.parse()?;
+    upgrade(req, body, state, Some((job_id, start, filter)))
+}
+
+pub async fn multi_socket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    upgrade(req, body, state, None)
+}
+
+fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    first: Option<(i64, Start, Filter)>,
+) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?;
     let stream = stream
         .max_frame_size(MAX_CLIENT_FRAME)
         .aggregate_continuations();
-    actix_web::rt::spawn(run_viewer(state, session, stream, job_id, start, filter));
+    actix_web::rt::spawn(run_viewer(state, session, stream, first));
     Ok(response)
 }
 
@@ -106,8 +128,8 @@ struct WsSink {
     metrics: std::sync::Arc<Metrics>,
 }
 
-impl FrameSink for WsSink {
-    async fn send(&mut self, frame: ByteString) -> Result<(), FeedError> {
+impl WsSink {
+    async fn text(&mut self, frame: ByteString) -> Result<(), FeedError> {
         match tokio::time::timeout(self.timeout, self.session.text(frame)).await {
             Ok(Ok(())) => {
                 Metrics::inc(&self.metrics.frames_sent, 1);
@@ -119,83 +141,92 @@ impl FrameSink for WsSink {
     }
 }
 
+impl FrameSink for WsSink {
+    async fn send_record(&mut self, json: ByteString, _seq: Option<i64>) -> Result<(), FeedError> {
+        self.text(json).await
+    }
+
+    async fn send_control(&mut self, json: String) -> Result<(), FeedError> {
+        self.text(json.into()).await
+    }
+}
+
+/// A client frame on `GET /ws`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum ClientOp {
+    Subscribe {
+        job_id: i64,
+        #[serde(flatten)]
+        query: StreamQuery,
+    },
+    Unsubscribe {
+        job_id: i64,
+    },
+}
+
+fn close(code: CloseCode, why: &str) -> Option<CloseReason> {
+    Some(CloseReason {
+        code,
+        description: Some(why.to_string()),
+    })
+}
+
 async fn run_viewer(
     state: web::Data<AppState>,
     session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    job_id: i64,
-    start: Start,
-    filter: Filter,
+    first: Option<(i64, Start, Filter)>,
 ) {
     let settings = &state.settings;
     let slow = Duration::from_secs(settings.slow_viewer_secs);
     let client_timeout = Duration::from_secs(settings.client_timeout_secs);
+    let multi = first.is_none();
     let mut sink = WsSink {
         session,
         timeout: slow,
         metrics: state.metrics.clone(),
     };
-
-    // Live first, then history: whatever commits while history is read arrives live.
-    let (mut registration, mut queue) = state.hub.register();
-    registration.watch(job_id);
-    let viewer = registration.viewer.clone();
+    let (registration, mut queue) = state.hub.register();
+    let mut feeds = Feeds::new(
+        registration,
+        state.store.clone(),
+        state.metrics.clone(),
+        slow,
+    );
 
     let outcome: Result<Option<CloseReason>, FeedError> = async {
-        let mut feed = JobFeed::start(job_id, filter, start, state.store.clone(), state.metrics.clone(), &mut sink).await?;
+        if let Some((job_id, start, filter)) = first {
+            feeds.subscribe(job_id, filter, start, &mut sink).await?;
+        }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(settings.heartbeat_secs.max(1)));
         heartbeat.reset();
         let mut last_heard = Instant::now();
-        // Since when the viewer has been overflowing its queue without catching up.
-        let mut lagging_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => {
-                    return Ok(Some(CloseReason { code: CloseCode::Away, description: Some("gateway shutting down".into()) }));
-                }
+                _ = state.shutdown.cancelled() => return Ok(close(CloseCode::Away, "gateway shutting down")),
                 incoming = stream.next() => {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
                             if sink.session.pong(&bytes).await.is_err() { return Ok(None); }
                         }
+                        Some(Ok(AggregatedMessage::Text(text))) if multi => {
+                            handle_op(text.as_bytes(), &mut feeds, &mut sink, settings.max_jobs_per_socket).await?;
+                        }
                         Some(Ok(AggregatedMessage::Close(_))) | None => return Ok(None),
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            log::debug!("viewer of job {job_id}: protocol error {e}");
-                            return Ok(Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) }));
-                        }
+                        Some(Err(e)) => return Ok(close(CloseCode::Protocol, &e.to_string())),
                     }
                 }
                 delivery = queue.recv() => {
                     let Some(delivery) = delivery else { return Ok(None) };
-                    if viewer.take_lagged() {
-                        let since = *lagging_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > slow {
-                            return Ok(Some(CloseReason { code: CloseCode::Again, description: Some("viewer cannot keep up".into()) }));
-                        }
-                        feed.heal(&mut sink).await?;
-                        let dropped = viewer.take_dropped();
-                        if dropped > 0 {
-                            sink.send(control_frame("dropped", job_id, &[("count", json!(dropped))]).into()).await?;
-                        }
-                    }
-                    match delivery {
-                        Delivery::Record(message) => feed.on_live(&message, &mut sink).await?,
-                        Delivery::Gap { reason } => {
-                            feed.heal(&mut sink).await?;
-                            sink.send(control_frame("gap", job_id, &[("reason", json!(reason)), ("healed_to_seq", json!(feed.last_seq))]).into()).await?;
-                        }
-                    }
-                    if queue.is_empty() {
-                        lagging_since = None;
-                    }
+                    feeds.on_delivery(delivery, queue.is_empty(), &mut sink).await?;
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > client_timeout {
-                        log::debug!("viewer of job {job_id}: no frame for {client_timeout:?}, closing");
-                        return Ok(Some(CloseReason { code: CloseCode::Policy, description: Some("heartbeat timeout".into()) }));
+                        return Ok(close(CloseCode::Policy, "heartbeat timeout"));
                     }
                     if sink.session.ping(b"").await.is_err() { return Ok(None); }
                 }
@@ -204,21 +235,59 @@ async fn run_viewer(
     }
     .await;
 
-    drop(registration);
+    drop(feeds);
     let reason = match outcome {
         Ok(reason) => reason,
         Err(FeedError::Closed) => return,
-        Err(FeedError::TooSlow) => Some(CloseReason {
-            code: CloseCode::Again,
-            description: Some("viewer stopped reading".into()),
-        }),
+        Err(FeedError::TooSlow) => close(CloseCode::Again, "viewer stopped reading"),
+        Err(FeedError::Hopeless) => close(CloseCode::Again, "viewer cannot keep up"),
         Err(FeedError::Store(e)) => {
-            log::warn!("viewer of job {job_id}: {e}");
-            Some(CloseReason {
-                code: CloseCode::Error,
-                description: Some("database unavailable".into()),
-            })
+            log::warn!("viewer: {e}");
+            close(CloseCode::Error, "database unavailable")
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.session.close(reason)).await;
+}
+
+/// Applies one `subscribe` / `unsubscribe` frame; a bad frame gets an `error` control frame.
+async fn handle_op(
+    text: &[u8],
+    feeds: &mut Feeds,
+    sink: &mut WsSink,
+    max_jobs: usize,
+) -> Result<(), FeedError> {
+    let error = |message: String| json!({ "control": "error", "message": message }).to_string();
+    let op: ClientOp = match serde_json::from_slice(text) {
+        Ok(op) => op,
+        Err(e) => {
+            return sink
+                .send_control(error(format!(
+                    "expected {{\"op\":\"subscribe\",\"job_id\":N,\"after_seq\":M}} or {{\"op\":\"unsubscribe\",\"job_id\":N}}: {e}"
+                )))
+                .await
+        }
+    };
+    match op {
+        ClientOp::Subscribe { job_id: id, query } => {
+            let parsed = job_id(&id.to_string()).and_then(|id| Ok((id, query.parse()?)));
+            match parsed {
+                Err(e) => sink.send_control(error(e.to_string())).await,
+                Ok((id, _)) if feeds.len() >= max_jobs => {
+                    sink.send_control(error(format!(
+                        "job {id}: at most {max_jobs} jobs per connection"
+                    )))
+                    .await
+                }
+                Ok((id, (start, filter))) => {
+                    feeds.unsubscribe(id);
+                    feeds.subscribe(id, filter, start, sink).await
+                }
+            }
+        }
+        ClientOp::Unsubscribe { job_id } => {
+            feeds.unsubscribe(job_id);
+            sink.send_control(control_frame("unsubscribed", job_id, &[]))
+                .await
+        }
+    }
 }

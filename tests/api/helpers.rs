@@ -228,6 +228,14 @@ impl Viewer {
         })
     }
 
+    /// Sends a text frame (the `/ws` route's subscribe / unsubscribe ops).
+    pub async fn send_text(&mut self, text: &str) {
+        self.conn
+            .send(ws::Message::Text(text.to_string().into()))
+            .await
+            .expect("send a text frame");
+    }
+
     /// The next text frame as JSON, or None if nothing arrives within `wait` (or it closed).
     pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
         self.next_text(wait)
@@ -424,5 +432,76 @@ pub async fn produce(address: String, producers: usize, total: usize, jobs: usiz
         .collect();
     for t in tasks {
         t.await.expect("producer");
+    }
+}
+
+/// An SSE client reading `event:` / `id:` / `data:` blocks from a streaming response.
+pub struct SseClient {
+    body: awc::ClientResponse,
+    buffer: String,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseClient {
+    /// Opens `path` with optional extra headers; panics unless the answer is a 200 event stream.
+    pub async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        let mut request = client().get(format!("{}{path}", app.address));
+        for (k, v) in headers {
+            request = request.insert_header((*k, *v));
+        }
+        let resp = request.send().await.expect("SSE request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        SseClient {
+            body: resp,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), or None after `wait` without one.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut data_lines = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data_lines.push(v);
+                    }
+                }
+                if !data_lines.is_empty() {
+                    event.data = data_lines.join("\n");
+                    return Some(event);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??
+                .ok()?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (one per test binary, a database per test), a real redis-server per test, real WebSocket
 //! and HTTP clients.
 
+mod apis;
 mod delivery;
 mod faults;
 mod helpers;
