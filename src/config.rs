@@ -105,6 +105,46 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_STATIC_DIR", default_value = "static")]
     pub static_dir: String,
 
+    /// HS256 secret of NetRaven's viewer JWTs (NetRaven keeps it in NETRAVEN_API__JWT_SECRET,
+    /// which is read too). Unset: reads need no token, on a loopback address only.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Service tokens accepted by ingest (comma-separated). Unset: ingest is open when no JWT
+    /// secret is set either, closed otherwise.
+    #[arg(
+        long,
+        env = "GATEWAY_INGEST_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub ingest_tokens: Vec<String>,
+
+    /// Serve without authentication on a non-loopback address (never do this on a network
+    /// that untrusted people can reach).
+    #[arg(long, env = "GATEWAY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Origins allowed to open WebSockets (comma-separated; `*` for any). Empty: same origin.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most viewer connections (WebSocket and SSE) at once.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Most viewer connections at once from one client address.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Largest frame a viewer may send over its WebSocket, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_client_frame_bytes: usize,
+
+    /// Milliseconds a client has to send its request head (WebSocket handshakes included).
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub handshake_timeout_ms: u64,
+
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -119,6 +159,42 @@ impl Settings {
 
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
+    }
+
+    /// The access policy: the JWT secret (falling back to NETRAVEN_API__JWT_SECRET), ingest
+    /// tokens and allowed origins, with empty entries removed.
+    pub fn policy(&self) -> crate::auth::Policy {
+        let clean = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let jwt_secret = self
+            .jwt_secret
+            .clone()
+            .or_else(|| std::env::var("NETRAVEN_API__JWT_SECRET").ok())
+            .filter(|s| !s.is_empty());
+        crate::auth::Policy {
+            jwt_secret,
+            ingest_tokens: clean(&self.ingest_tokens),
+            allowed_origins: clean(&self.allowed_origins),
+        }
+    }
+
+    /// Refuses settings that would expose logs without authentication.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        let policy = self.policy();
+        if policy.jwt_secret.is_none() && !self.bind.ip().is_loopback() && !self.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to serve session logs without authentication on {}: anyone who can \
+                 reach it could read device configurations. Set GATEWAY_JWT_SECRET (or \
+                 NETRAVEN_API__JWT_SECRET) and GATEWAY_INGEST_TOKENS, bind to a loopback \
+                 address, or pass --insecure-no-auth if you really mean it.",
+                self.bind
+            );
+        }
+        Ok(())
     }
 
     /// Legacy channels with empty entries removed (the default `""` means none).

@@ -12,6 +12,15 @@ pub enum ApiError {
     /// The request cannot be read (malformed JSON, bad query parameter, empty body).
     #[error("{0}")]
     BadRequest(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many connections (from this client, or in all).
+    #[error("{0}")]
+    TooManyConnections(String),
     /// Some records are invalid; nothing was stored.
     #[error("{} invalid field(s); nothing was stored", .0.len())]
     InvalidRecords(Vec<Problem>),
@@ -36,6 +45,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InvalidRecords(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -54,8 +66,14 @@ impl ResponseError for ApiError {
             body["problems"] = json!(problems);
         }
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(
+            self,
+            ApiError::Unavailable(_) | ApiError::TooManyConnections(_)
+        ) {
             response.insert_header(("Retry-After", "1"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
         }
         response.json(body)
     }

@@ -5,6 +5,7 @@
 //! live: `subscriber` (the one PSUBSCRIBE) → `hub` (job id → viewers) → `session` (history
 //! hand-off, seq dedupe and healing) → `routes::ws`.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hub;

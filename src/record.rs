@@ -5,6 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Longest `log_type`, in characters (the column is `varchar(32)`).
@@ -396,54 +397,133 @@ pub enum BodyError {
 }
 
 /// Splits a body into JSON values: one object, an array of objects, or NDJSON (one object per
-/// line; blank lines and CRLF line ends are allowed).
+/// line; blank lines and CRLF line ends are allowed). A record with a key given twice is
+/// refused (parsers disagree on which one wins), as is anything that is not JSON.
 pub fn parse_body(body: &[u8], ndjson: bool, max_records: usize) -> Result<Vec<Value>, BodyError> {
-    let values = if ndjson {
-        let mut values = Vec::new();
+    let mut values = Vec::new();
+    let push = |raw: &RawValue, values: &mut Vec<Value>| -> Result<(), BodyError> {
+        let index = values.len();
+        if index >= max_records {
+            return Err(BodyError::TooManyRecords {
+                count: index + 1,
+                max: max_records,
+            });
+        }
+        if let Err(e) = serde_json::from_str::<NoDuplicateKeys>(raw.get()) {
+            return Err(BodyError::Malformed(Problem::new(
+                index,
+                "record",
+                e.to_string(),
+            )));
+        }
+        let value = serde_json::from_str(raw.get()).map_err(|e| {
+            BodyError::Malformed(Problem::new(
+                index,
+                "record",
+                format!("is not valid JSON: {e}"),
+            ))
+        })?;
+        values.push(value);
+        Ok(())
+    };
+    if ndjson {
         for (line_no, line) in body.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let index = values.len();
-            if index >= max_records {
-                return Err(BodyError::TooManyRecords {
-                    count: index + 1,
-                    max: max_records,
-                });
-            }
-            let value = serde_json::from_slice(line).map_err(|e| {
+            let raw: &RawValue = serde_json::from_slice(line).map_err(|e| {
                 BodyError::Malformed(Problem::new(
-                    index,
+                    values.len(),
                     "body",
                     format!("line {} is not valid JSON: {e}", line_no + 1),
                 ))
             })?;
-            values.push(value);
+            push(raw, &mut values)?;
         }
-        values
     } else {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(BodyError::Empty);
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let malformed = |e: serde_json::Error| {
             BodyError::Malformed(Problem::new(0, "body", format!("is not valid JSON: {e}")))
-        })?;
-        match value {
-            Value::Array(items) => items,
-            other => vec![other],
+        };
+        let raw: &RawValue = serde_json::from_slice(body).map_err(malformed)?;
+        if raw.get().starts_with('[') {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(malformed)?;
+            if items.len() > max_records {
+                return Err(BodyError::TooManyRecords {
+                    count: items.len(),
+                    max: max_records,
+                });
+            }
+            for item in items {
+                push(item, &mut values)?;
+            }
+        } else {
+            push(raw, &mut values)?;
         }
-    };
+    }
     if values.is_empty() {
         return Err(BodyError::Empty);
     }
-    if values.len() > max_records {
-        return Err(BodyError::TooManyRecords {
-            count: values.len(),
-            max: max_records,
-        });
-    }
     Ok(values)
+}
+
+/// Reads a record only to refuse a key that appears twice in one object.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Check;
+        impl<'de> serde::de::Visitor<'de> for Check {
+            type Value = NoDuplicateKeys;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if !seen.insert(key.to_string()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "has the key {key:?} twice"
+                        )));
+                    }
+                    map.next_value::<NoDuplicateKeys>()?;
+                }
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(NoDuplicateKeys)
+            }
+        }
+        deserializer.deserialize_any(Check)
+    }
 }
 
 /// Validates every record of a request; all or nothing.
@@ -779,6 +859,14 @@ mod tests {
             parse_body(b"[{},{},{}]", false, 2),
             Err(BodyError::TooManyRecords { count: 3, max: 2 })
         );
+        match parse_body(br#"[{"a":1},{"job_id":1,"job_id":2}]"#, false, 10) {
+            Err(BodyError::Malformed(p)) => {
+                assert_eq!((p.index, p.field.as_str()), (1, "record"));
+                assert!(p.reason.contains("\"job_id\" twice"), "{p:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_body(br#"{"meta":{"a":{"b":1,"b":2}},"job_id":1}"#, false, 10).is_err());
     }
 
     #[test]

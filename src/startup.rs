@@ -30,6 +30,21 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.check_exposure()?;
+        let policy = settings.policy();
+        if policy.jwt_secret.is_none() {
+            log::warn!(
+                "no JWT secret set: reads need no token (allowed on {} only because it is \
+                 loopback or --insecure-no-auth was given)",
+                settings.bind
+            );
+        } else if policy.ingest_tokens.is_empty() {
+            log::warn!("a JWT secret is set but no ingest tokens: ingest refuses every request");
+        }
+        let connections = routes::guard::Connections::new(
+            settings.max_connections,
+            settings.max_connections_per_ip,
+        );
         store::run_migrations(&settings.database_url)
             .await
             .context("applying database migrations")?;
@@ -74,7 +89,10 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let handshake_timeout = Duration::from_millis(settings.handshake_timeout_ms);
         let state = web::Data::new(AppState {
+            policy,
+            connections,
             settings,
             store,
             publisher,
@@ -84,11 +102,13 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(request_logger())
                 .app_data(state.clone())
                 .configure(|cfg| routes::configure(cfg, static_dir.clone()))
         })
         .workers(workers)
         .disable_signals()
+        .client_request_timeout(handshake_timeout)
         .shutdown_timeout(10)
         .listen(listener)?
         .run();
@@ -131,6 +151,19 @@ impl Application {
         let _ = self.subscriber.await;
         result
     }
+}
+
+/// Access log with `access_token` values redacted from query strings.
+fn request_logger() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%{r}xi %s %b %Dms").custom_request_replace("r", |req| {
+        let query = req.query_string();
+        if query.is_empty() {
+            format!("{} {}", req.method(), req.path())
+        } else {
+            let query = crate::auth::redact_query(query);
+            format!("{} {}?{query}", req.method(), req.path())
+        }
+    })
 }
 
 /// How long an Idempotency-Key is remembered.

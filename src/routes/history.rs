@@ -1,12 +1,12 @@
 //! A job's stored history: `GET /api/v1/jobs/{job_id}/logs` (JSON pages by `seq`, with a
 //! cursor) and `GET /api/v1/jobs/{job_id}/logs.txt` (the whole job as a text download).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::ws::{job_id, StreamQuery};
-use super::AppState;
+use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::record::{format_timestamp, StoredRecord};
 use crate::store::{Filter, Store, StoreError};
@@ -41,10 +41,12 @@ fn filter_of(level: Option<String>, device_id: Option<i64>) -> Result<Filter, Ap
 /// One page: `{"job_id","records":[…],"next_after_seq","last_seq"}`, records ascending by
 /// `seq`. `next_after_seq` is the cursor for the next page (null on the last page).
 pub async fn logs(
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    guard::reader(&req, &state)?;
     let job_id = job_id(&path)?;
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
@@ -111,10 +113,12 @@ fn text_line(r: &StoredRecord) -> String {
 
 /// The whole job as text, streamed page by page.
 pub async fn download(
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    guard::reader(&req, &state)?;
     let job_id = job_id(&path)?;
     let query = query.into_inner();
     let filter = filter_of(query.level, query.device_id)?;

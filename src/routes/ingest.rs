@@ -90,11 +90,13 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
+    super::guard::ingester(&req, &state)?;
     let ndjson = body_kind(&req)?;
     let body = read_body(&req, payload, settings.max_body_bytes).await?;
     let values = record::parse_body(&body, ndjson, settings.max_records_per_request).map_err(
         |e| match e {
             BodyError::Empty => ApiError::BadRequest("the body holds no record".into()),
+            BodyError::Malformed(p) if p.field == "record" => ApiError::InvalidRecords(vec![p]),
             BodyError::Malformed(p) => ApiError::BadRequest(format!("{} {}", p.field, p.reason)),
             BodyError::TooManyRecords { count, max } => ApiError::PayloadTooLarge(format!(
                 "{count} records in one request is over the limit of {max}"

@@ -1,6 +1,7 @@
 //! The HTTP surface. Routes are thin: they parse the request, call `store`, `publisher` or
 //! `session`, and map the outcome to a response; they hold no state of their own.
 
+pub mod guard;
 pub mod health;
 pub mod history;
 pub mod ingest;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use actix_web::web;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Policy;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -26,6 +28,10 @@ pub struct AppState {
     pub publisher: Publisher,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
+    /// Who may read and ingest.
+    pub policy: Policy,
+    /// Viewer connection caps.
+    pub connections: guard::Connections,
     /// Cancelled on shutdown: viewers close with 1001.
     pub shutdown: CancellationToken,
 }

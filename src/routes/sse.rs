@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::ws::{job_id, StreamQuery};
-use super::AppState;
+use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::session::{FeedError, Feeds, FrameSink, Start};
@@ -29,7 +29,7 @@ pub async fn job_stream(
     let job_id = job_id(&path)?;
     let (start, filter) = query.parse()?;
     let start = resume_from(&req, start)?;
-    Ok(stream(state, job_id, start, filter))
+    stream(&req, state, job_id, start, filter)
 }
 
 /// NetRaven's query: `job_id` is required here (streaming every job at once is not offered).
@@ -62,7 +62,7 @@ pub async fn netraven_stream(
     }
     .parse()?;
     let start = resume_from(&req, start)?;
-    Ok(stream(state, job_id, start, filter))
+    stream(&req, state, job_id, start, filter)
 }
 
 /// `Last-Event-ID` (the last seq the client holds; `0`: from the start) wins over the query.
@@ -82,19 +82,27 @@ fn resume_from(req: &HttpRequest, start: Start) -> Result<Start, ApiError> {
     })
 }
 
-fn stream(state: web::Data<AppState>, job_id: i64, start: Start, filter: Filter) -> HttpResponse {
+fn stream(
+    req: &HttpRequest,
+    state: web::Data<AppState>,
+    job_id: i64,
+    start: Start,
+    filter: Filter,
+) -> Result<HttpResponse, ApiError> {
+    guard::reader(req, &state)?;
+    let slot = state.connections.acquire(req)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    actix_web::rt::spawn(run_stream(state, tx, job_id, start, filter));
+    actix_web::rt::spawn(run_stream(state, tx, job_id, start, filter, slot));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
     });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .streaming(body))
 }
 
 /// One SSE event; multi-line data becomes several `data:` lines.
@@ -149,6 +157,7 @@ async fn run_stream(
     job_id: i64,
     start: Start,
     filter: Filter,
+    _slot: guard::ConnectionSlot,
 ) {
     let slow = Duration::from_secs(state.settings.slow_viewer_secs);
     let mut sink = SseSink {

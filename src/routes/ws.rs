@@ -14,15 +14,12 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
+use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::record::{control_frame, Level};
 use crate::session::{FeedError, Feeds, FrameSink, Start};
 use crate::store::Filter;
-
-/// Largest frame a viewer may send us (viewers only send small control frames).
-const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
 /// Query parameters shared by the streaming routes.
 #[derive(Debug, Default, Deserialize)]
@@ -111,12 +108,16 @@ fn upgrade(
     state: web::Data<AppState>,
     first: Option<(i64, Start, Filter)>,
 ) -> Result<HttpResponse, ApiError> {
+    // Refused before the upgrade: no frame is ever sent to a client that may not read.
+    guard::origin(&req, &state)?;
+    guard::reader(&req, &state)?;
+    let slot = state.connections.acquire(&req)?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?;
     let stream = stream
-        .max_frame_size(MAX_CLIENT_FRAME)
+        .max_frame_size(state.settings.max_client_frame_bytes)
         .aggregate_continuations();
-    actix_web::rt::spawn(run_viewer(state, session, stream, first));
+    actix_web::rt::spawn(run_viewer(state, session, stream, first, slot));
     Ok(response)
 }
 
@@ -177,6 +178,7 @@ async fn run_viewer(
     session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     first: Option<(i64, Start, Filter)>,
+    _slot: guard::ConnectionSlot,
 ) {
     let settings = &state.settings;
     let slow = Duration::from_secs(settings.slow_viewer_secs);

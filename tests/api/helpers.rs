@@ -128,6 +128,18 @@ impl TestApp {
         (status, json)
     }
 
+    /// POSTs JSON with a bearer token; returns status and JSON body.
+    pub async fn post_logs_as(&self, token: &str, body: &Value) -> (u16, Value) {
+        let mut resp = client()
+            .post(format!("{}/api/v1/logs", self.address))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .send_json(body)
+            .await
+            .expect("POST /api/v1/logs");
+        let json = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (resp.status().as_u16(), json)
+    }
+
     /// POSTs JSON with an `Idempotency-Key`; returns status, JSON body and whether the answer
     /// was a replay.
     pub async fn post_idempotent(&self, key: &str, body: &Value) -> (u16, Value, bool) {
@@ -234,6 +246,19 @@ impl Viewer {
             .send(ws::Message::Text(text.to_string().into()))
             .await
             .expect("send a text frame");
+    }
+
+    /// The HTTP status a WebSocket handshake to `url` gets (101 when it is accepted).
+    pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+        let mut request = client().ws(url);
+        for (k, v) in headers {
+            request = request.set_header(*k, *v);
+        }
+        match request.connect().await {
+            Ok(_) => 101,
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status.as_u16(),
+            Err(e) => panic!("handshake to {url} failed: {e}"),
+        }
     }
 
     /// The next text frame as JSON, or None if nothing arrives within `wait` (or it closed).

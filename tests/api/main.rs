@@ -8,4 +8,5 @@ mod faults;
 mod helpers;
 mod ingest;
 mod live;
+mod security;
 mod services;
