@@ -83,7 +83,7 @@ impl Viewer {
                     }
                 }
                 if !self.lagged.swap(true, Ordering::AcqRel) {
-                    metrics.viewers_lagged.fetch_add(1, Ordering::Relaxed);
+                    metrics.viewers_lagged.inc();
                 }
                 false
             }
@@ -155,11 +155,7 @@ impl Drop for Registration {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         viewers.remove(&self.viewer.id);
-        self.hub
-            .inner
-            .metrics
-            .viewers_connected
-            .fetch_sub(1, Ordering::Relaxed);
+        self.hub.inner.metrics.viewers_connected.dec();
     }
 }
 
@@ -190,10 +186,7 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(viewer.id, viewer.clone());
-        self.inner
-            .metrics
-            .viewers_connected
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.viewers_connected.inc();
         let registration = Registration {
             hub: self.clone(),
             viewer,

@@ -1,110 +1,163 @@
-//! Counters the gateway keeps about itself, shared by every part and rendered as Prometheus
-//! text at `GET /metrics`.
+//! What the gateway counts about itself, rendered at `GET /metrics` in the Prometheus /
+//! OpenMetrics text format through `prometheus-client`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-/// Process-wide counters and gauges; all relaxed atomics (they are statistics, not locks).
-#[derive(Debug, Default)]
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Process-wide metrics; every field is cheap to update from any thread.
+#[derive(Debug)]
 pub struct Metrics {
     /// Viewers (WebSocket or SSE connections) currently connected.
-    pub viewers_connected: AtomicU64,
+    pub viewers_connected: Gauge,
     /// Frames written to viewers.
-    pub frames_sent: AtomicU64,
+    pub frames_sent: Counter,
     /// Records stored by ingest.
-    pub records_ingested: AtomicU64,
-    /// Records stored by ingest whose PUBLISH failed (viewers heal them from PostgreSQL).
-    pub publish_failures: AtomicU64,
+    pub records_ingested: Counter,
+    /// Records stored by ingest whose PUBLISH failed (kept for a retry; viewers heal them).
+    pub publish_failures: Counter,
     /// Messages read from Redis.
-    pub redis_messages: AtomicU64,
+    pub redis_messages: Counter,
     /// Messages from Redis that were not a JSON object with a valid `job_id`.
-    pub malformed_dropped: AtomicU64,
+    pub malformed_dropped: Counter,
     /// Times the Redis subscriber (re)connected and subscribed.
-    pub redis_subscribes: AtomicU64,
+    pub redis_subscribes: Counter,
     /// Times a viewer's queue overflowed.
-    pub viewers_lagged: AtomicU64,
+    pub viewers_lagged: Counter,
     /// Records sent to viewers from PostgreSQL to fill a hole in the live stream.
-    pub records_healed: AtomicU64,
-    /// Whether the Redis subscriber is connected and subscribed right now.
-    pub subscriber_up: AtomicBool,
+    pub records_healed: Counter,
+    /// Time to validate, store and publish one ingest request.
+    pub ingest_seconds: Histogram,
+    /// From reading a message off Redis to handing its frame to a viewer's socket (sampled:
+    /// the first frame of each batch a viewer writes).
+    pub publish_to_send_seconds: Histogram,
+    /// 1 while the Redis subscriber is subscribed (exported copy of `subscriber_up`).
+    subscriber_up_gauge: Gauge,
+    /// Whether the Redis subscriber is subscribed right now (for `/readyz`).
+    subscriber_up: AtomicBool,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    pub fn inc(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gateway");
+        let metrics = Metrics {
+            viewers_connected: Gauge::default(),
+            frames_sent: Counter::default(),
+            records_ingested: Counter::default(),
+            publish_failures: Counter::default(),
+            redis_messages: Counter::default(),
+            malformed_dropped: Counter::default(),
+            redis_subscribes: Counter::default(),
+            viewers_lagged: Counter::default(),
+            records_healed: Counter::default(),
+            // 0.1 ms .. ~3 s
+            ingest_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 10 µs .. ~0.6 s
+            publish_to_send_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
+            subscriber_up_gauge: Gauge::default(),
+            subscriber_up: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "viewers_connected",
+            "Viewers currently connected",
+            metrics.viewers_connected.clone(),
+        );
+        registry.register(
+            "frames_sent",
+            "Frames written to viewers",
+            metrics.frames_sent.clone(),
+        );
+        registry.register(
+            "records_ingested",
+            "Records stored by ingest",
+            metrics.records_ingested.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Stored records whose PUBLISH failed",
+            metrics.publish_failures.clone(),
+        );
+        registry.register(
+            "redis_messages",
+            "Messages read from Redis",
+            metrics.redis_messages.clone(),
+        );
+        registry.register(
+            "malformed_dropped",
+            "Redis messages dropped as malformed",
+            metrics.malformed_dropped.clone(),
+        );
+        registry.register(
+            "redis_subscribes",
+            "Redis subscriber (re)connections",
+            metrics.redis_subscribes.clone(),
+        );
+        registry.register(
+            "viewers_lagged",
+            "Viewer queue overflows",
+            metrics.viewers_lagged.clone(),
+        );
+        registry.register(
+            "records_healed",
+            "Records sent from PostgreSQL to fill live holes",
+            metrics.records_healed.clone(),
+        );
+        registry.register(
+            "ingest_seconds",
+            "Ingest request latency",
+            metrics.ingest_seconds.clone(),
+        );
+        registry.register(
+            "publish_to_send_seconds",
+            "From reading a message off Redis to writing it to a viewer",
+            metrics.publish_to_send_seconds.clone(),
+        );
+        registry.register(
+            "redis_subscriber_up",
+            "1 while the Redis subscriber is subscribed",
+            metrics.subscriber_up_gauge.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
-    /// Prometheus text exposition format.
+    pub fn inc(counter: &Counter, by: u64) {
+        counter.inc_by(by);
+    }
+
+    pub fn observe(histogram: &Histogram, elapsed: Duration) {
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_subscriber_up(&self, up: bool) {
+        self.subscriber_up.store(up, Ordering::Relaxed);
+        self.subscriber_up_gauge.set(i64::from(up));
+    }
+
+    pub fn subscriber_up(&self) -> bool {
+        self.subscriber_up.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, u64); 10] = [
-            (
-                "gateway_viewers_connected",
-                "gauge",
-                "Viewers currently connected",
-                self.viewers_connected.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_frames_sent_total",
-                "counter",
-                "Frames written to viewers",
-                self.frames_sent.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_records_ingested_total",
-                "counter",
-                "Records stored by ingest",
-                self.records_ingested.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_publish_failures_total",
-                "counter",
-                "Stored records whose PUBLISH failed",
-                self.publish_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_redis_messages_total",
-                "counter",
-                "Messages read from Redis",
-                self.redis_messages.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_malformed_dropped_total",
-                "counter",
-                "Redis messages dropped as malformed",
-                self.malformed_dropped.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_redis_subscribes_total",
-                "counter",
-                "Redis subscriber (re)connections",
-                self.redis_subscribes.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_viewers_lagged_total",
-                "counter",
-                "Viewer queue overflows",
-                self.viewers_lagged.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_records_healed_total",
-                "counter",
-                "Records sent from PostgreSQL to fill live holes",
-                self.records_healed.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway_redis_subscriber_up",
-                "gauge",
-                "1 while the Redis subscriber is subscribed",
-                u64::from(self.subscriber_up.load(Ordering::Relaxed)),
-            ),
-        ];
-        for (name, kind, help, value) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }

@@ -293,6 +293,13 @@ impl Feeds {
             Delivery::Record(message) => {
                 if let Some(feed) = self.feeds.get_mut(&message.job_id) {
                     feed.on_live(&message, sink).await?;
+                    if queue_empty {
+                        // Sampled: the last frame of each batch the viewer drains.
+                        Metrics::observe(
+                            &self.metrics.publish_to_send_seconds,
+                            message.received_at.elapsed(),
+                        );
+                    }
                 }
             }
             Delivery::Gap { reason } => {

@@ -5,7 +5,6 @@
 //! viewers to heal from PostgreSQL, since messages published meanwhile are gone.
 
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +90,7 @@ pub async fn run(config: SubscriberConfig, hub: Hub, shutdown: CancellationToken
             _ = shutdown.cancelled() => return,
             outcome = subscribe_and_route(&config, &target, &hub, &metrics, &shutdown) => outcome,
         };
-        metrics.subscriber_up.store(false, Ordering::Relaxed);
+        metrics.set_subscriber_up(false);
         match outcome {
             Ok(Session::Shutdown) => return,
             Ok(Session::Healthy) => backoff = Duration::from_millis(100),
@@ -212,7 +211,7 @@ async fn subscribe_and_route(
                             confirmations_due = confirmations_due.saturating_sub(1);
                             if confirmations_due == 0 && !subscribed {
                                 subscribed = true;
-                                metrics.subscriber_up.store(true, Ordering::Relaxed);
+                                metrics.set_subscriber_up(true);
                                 Metrics::inc(&metrics.redis_subscribes, 1);
                                 log::info!("redis subscriber: subscribed to {pattern} {:?}", config.legacy_channels);
                                 // Anything published while we were not subscribed is lost to

@@ -1,6 +1,5 @@
 //! Liveness, readiness and metrics.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -15,7 +14,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready to serve: the Redis subscriber is subscribed and PostgreSQL answers.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let redis = state.metrics.subscriber_up.load(Ordering::Relaxed);
+    let redis = state.metrics.subscriber_up();
     let postgres = tokio::time::timeout(Duration::from_secs(2), state.store.ping())
         .await
         .unwrap_or(false);
@@ -30,6 +29,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus text.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
 }

@@ -90,6 +90,7 @@ pub async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
+    let began = std::time::Instant::now();
     super::guard::ingester(&req, &state)?;
     let ndjson = body_kind(&req)?;
     let body = read_body(&req, payload, settings.max_body_bytes).await?;
@@ -153,5 +154,6 @@ pub async fn ingest(
     }
 
     let acks: Vec<Ack> = stored.iter().map(|r| r.ack()).collect();
+    Metrics::observe(&state.metrics.ingest_seconds, began.elapsed());
     Ok(HttpResponse::Created().json(json!({ "count": acks.len(), "records": acks })))
 }
