@@ -18,3 +18,4 @@ pub mod session;
 pub mod startup;
 pub mod store;
 pub mod subscriber;
+pub mod websocket;

@@ -7,10 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use actix_http::ws::{CloseCode, CloseReason, ProtocolError};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use bytestring::ByteString;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::record::{control_frame, Level};
 use crate::session::{FeedError, Feeds, FrameSink, Start};
 use crate::store::Filter;
+use crate::websocket::{self, Incoming, WriteError, WsReader, WsWriter};
 
 /// Query parameters shared by the streaming routes.
 #[derive(Debug, Default, Deserialize)]
@@ -112,33 +112,42 @@ fn upgrade(
     guard::origin(&req, &state)?;
     guard::reader(&req, &state)?;
     let slot = state.connections.acquire(&req)?;
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?;
-    let stream = stream
-        .max_frame_size(state.settings.max_client_frame_bytes)
-        .aggregate_continuations();
-    actix_web::rt::spawn(run_viewer(state, session, stream, first, slot));
+    let (response, writer, reader) =
+        websocket::accept(&req, body, state.settings.max_client_frame_bytes)
+            .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?;
+    actix_web::rt::spawn(run_viewer(state, writer, reader, first, slot));
     Ok(response)
 }
 
-/// Writes frames to the socket; a write that blocks longer than `timeout` means the peer
-/// stopped reading.
+/// Writes frames to the socket; a write that waits longer than `timeout` for the peer to read
+/// means the peer stopped reading.
 struct WsSink {
-    session: actix_ws::Session,
+    writer: WsWriter,
     timeout: Duration,
+    /// Frames written since the last flush into `Metrics::frames_sent` (counted locally so
+    /// that fan-out does not contend on one shared counter per frame).
+    unreported: u64,
     metrics: std::sync::Arc<Metrics>,
 }
 
 impl WsSink {
     async fn text(&mut self, frame: ByteString) -> Result<(), FeedError> {
-        match tokio::time::timeout(self.timeout, self.session.text(frame)).await {
-            Ok(Ok(())) => {
-                Metrics::inc(&self.metrics.frames_sent, 1);
-                Ok(())
-            }
-            Ok(Err(_)) => Err(FeedError::Closed),
-            Err(_) => Err(FeedError::TooSlow),
-        }
+        self.writer
+            .text(frame, self.timeout)
+            .await
+            .map_err(|e| match e {
+                WriteError::Closed => FeedError::Closed,
+                WriteError::TooSlow => FeedError::TooSlow,
+            })?;
+        self.unreported += 1;
+        Ok(())
+    }
+
+    fn report(&mut self) {
+        Metrics::inc(
+            &self.metrics.frames_sent,
+            std::mem::take(&mut self.unreported),
+        );
     }
 }
 
@@ -175,8 +184,8 @@ fn close(code: CloseCode, why: &str) -> Option<CloseReason> {
 
 async fn run_viewer(
     state: web::Data<AppState>,
-    session: actix_ws::Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    writer: WsWriter,
+    mut reader: WsReader,
     first: Option<(i64, Start, Filter)>,
     _slot: guard::ConnectionSlot,
 ) {
@@ -185,8 +194,9 @@ async fn run_viewer(
     let client_timeout = Duration::from_secs(settings.client_timeout_secs);
     let multi = first.is_none();
     let mut sink = WsSink {
-        session,
+        writer,
         timeout: slow,
+        unreported: 0,
         metrics: state.metrics.clone(),
     };
     let (registration, mut queue) = state.hub.register();
@@ -208,29 +218,36 @@ async fn run_viewer(
             tokio::select! {
                 biased;
                 _ = state.shutdown.cancelled() => return Ok(close(CloseCode::Away, "gateway shutting down")),
-                incoming = stream.next() => {
+                incoming = reader.next() => {
                     last_heard = Instant::now();
                     match incoming {
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if sink.session.pong(&bytes).await.is_err() { return Ok(None); }
+                        Some(Ok(Incoming::Ping(bytes))) => {
+                            sink.writer.pong(bytes, slow).await.map_err(|_| FeedError::Closed)?;
                         }
-                        Some(Ok(AggregatedMessage::Text(text))) if multi => {
-                            handle_op(text.as_bytes(), &mut feeds, &mut sink, settings.max_jobs_per_socket).await?;
+                        Some(Ok(Incoming::Text(text))) if multi => {
+                            handle_op(&text, &mut feeds, &mut sink, settings.max_jobs_per_socket).await?;
                         }
-                        Some(Ok(AggregatedMessage::Close(_))) | None => return Ok(None),
+                        Some(Ok(Incoming::Close)) | None => return Ok(None),
                         Some(Ok(_)) => {}
+                        Some(Err(ProtocolError::Overflow)) => {
+                            return Ok(close(CloseCode::Size, "frame too large"));
+                        }
                         Some(Err(e)) => return Ok(close(CloseCode::Protocol, &e.to_string())),
                     }
                 }
                 delivery = queue.recv() => {
                     let Some(delivery) = delivery else { return Ok(None) };
-                    feeds.on_delivery(delivery, queue.is_empty(), &mut sink).await?;
+                    let drained = queue.is_empty();
+                    feeds.on_delivery(delivery, drained, &mut sink).await?;
+                    if drained {
+                        sink.report();
+                    }
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > client_timeout {
                         return Ok(close(CloseCode::Policy, "heartbeat timeout"));
                     }
-                    if sink.session.ping(b"").await.is_err() { return Ok(None); }
+                    sink.writer.ping(slow).await.map_err(|_| FeedError::Closed)?;
                 }
             }
         }
@@ -238,6 +255,7 @@ async fn run_viewer(
     .await;
 
     drop(feeds);
+    sink.report();
     let reason = match outcome {
         Ok(reason) => reason,
         Err(FeedError::Closed) => return,
@@ -248,7 +266,7 @@ async fn run_viewer(
             close(CloseCode::Error, "database unavailable")
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.session.close(reason)).await;
+    sink.writer.close(reason, Duration::from_secs(1)).await;
 }
 
 /// Applies one `subscribe` / `unsubscribe` frame; a bad frame gets an `error` control frame.
