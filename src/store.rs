@@ -292,25 +292,8 @@ impl Store {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut query = logs::table
-            .select(LogRow::as_select())
-            .filter(logs::job_id.eq(job_id))
-            .filter(logs::seq.gt(after_seq))
-            .order(logs::seq.asc())
-            .limit(limit)
-            .into_boxed();
-        if let Some(before) = before_seq {
-            query = query.filter(logs::seq.lt(before));
-        }
-        if let Some(levels) = filter.levels() {
-            query = query.filter(logs::level.eq_any(levels));
-        }
-        if let Some(device) = filter.device_id {
-            query = query.filter(logs::device_id.eq(device));
-        }
-        let rows: Vec<LogRow> = query.load(&mut conn).await?;
-        Ok(rows.into_iter().map(StoredRecord::from).collect())
+        self.page(job_id, Some(after_seq), before_seq, filter, limit, false)
+            .await
     }
 
     /// The `limit` records of a job just before `before_seq` that pass `filter`, ascending.
@@ -321,14 +304,41 @@ impl Store {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut page = self
+            .page(job_id, None, Some(before_seq), filter, limit, true)
+            .await?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Up to `limit` records with `after < seq < before` passing `filter`, from the lowest
+    /// `seq` up (or from the highest down when `from_the_end`), by the `(job_id, seq)` index.
+    async fn page(
+        &self,
+        job_id: i64,
+        after: Option<i64>,
+        before: Option<i64>,
+        filter: &Filter,
+        limit: i64,
+        from_the_end: bool,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let mut conn = self.conn().await?;
         let mut query = logs::table
             .select(LogRow::as_select())
             .filter(logs::job_id.eq(job_id))
-            .filter(logs::seq.lt(before_seq))
-            .order(logs::seq.desc())
             .limit(limit)
             .into_boxed();
+        query = if from_the_end {
+            query.order(logs::seq.desc())
+        } else {
+            query.order(logs::seq.asc())
+        };
+        if let Some(after) = after {
+            query = query.filter(logs::seq.gt(after));
+        }
+        if let Some(before) = before {
+            query = query.filter(logs::seq.lt(before));
+        }
         if let Some(levels) = filter.levels() {
             query = query.filter(logs::level.eq_any(levels));
         }
@@ -336,7 +346,7 @@ impl Store {
             query = query.filter(logs::device_id.eq(device));
         }
         let rows: Vec<LogRow> = query.load(&mut conn).await?;
-        Ok(rows.into_iter().rev().map(StoredRecord::from).collect())
+        Ok(rows.into_iter().map(StoredRecord::from).collect())
     }
 
     /// Number of stored rows (for tests and diagnostics).
