@@ -15,7 +15,13 @@ cd "$(repo_root)"
 section() { printf '\n========== %s ==========\n' "$*"; }
 
 section "packages"
-ensure_packages
+# The browser tests need Node.js, npm and Debian's Chromium (checked by command: NodeSource's
+# nodejs conflicts with Debian's npm package).
+browser_pkgs=()
+command -v node >/dev/null 2>&1 || browser_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_pkgs+=(npm)
+[[ -x /usr/bin/chromium ]] || browser_pkgs+=(chromium)
+ensure_packages "${browser_pkgs[@]}"
 # Make sure the PostgreSQL server binaries are reachable on PATH for the tests.
 if ! command -v initdb >/dev/null 2>&1; then
     PATH="$(pg_bin):$PATH"
@@ -43,6 +49,10 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
     echo "rustfmt is not installed (rustup component add rustfmt); skipping"
 fi
+
+section "browser test dependencies"
+echo "node $(node --version), npm $(npm --version)"
+npm ci --prefix tests/browser --no-audit --no-fund
 
 section "cargo test"
 cargo test --all-targets "$@"

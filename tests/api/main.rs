@@ -3,6 +3,7 @@
 //! and HTTP clients.
 
 mod apis;
+mod browser;
 mod delivery;
 mod faults;
 mod helpers;
