@@ -36,6 +36,31 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+impl AppState {
+    /// How long a viewer may keep the gateway waiting (blocked writes, lagging) before it is
+    /// given up on.
+    pub fn slow_viewer(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.settings.slow_viewer_secs)
+    }
+
+    /// A new viewer: its place in the hub with its bounded queue, and its (empty) feeds.
+    pub fn new_viewer(
+        &self,
+    ) -> (
+        crate::session::Feeds,
+        tokio::sync::mpsc::Receiver<crate::hub::Delivery>,
+    ) {
+        let (registration, queue) = self.hub.register();
+        let feeds = crate::session::Feeds::new(
+            registration,
+            self.store.clone(),
+            self.metrics.clone(),
+            self.slow_viewer(),
+        );
+        (feeds, queue)
+    }
+}
+
 /// Registers every route; the static viewer last, as the fallback for `/`.
 pub fn configure(cfg: &mut web::ServiceConfig, static_dir: PathBuf) {
     cfg.route("/healthz", web::get().to(health::healthz))

@@ -17,7 +17,7 @@ use super::ws::{job_id, StreamQuery};
 use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::session::{FeedError, Feeds, FrameSink, Start};
+use crate::session::{FeedError, FrameSink, Start};
 use crate::store::Filter;
 
 pub async fn job_stream(
@@ -159,19 +159,13 @@ async fn run_stream(
     filter: Filter,
     _slot: guard::ConnectionSlot,
 ) {
-    let slow = Duration::from_secs(state.settings.slow_viewer_secs);
+    let slow = state.slow_viewer();
     let mut sink = SseSink {
         tx,
         timeout: slow,
         metrics: state.metrics.clone(),
     };
-    let (registration, mut queue) = state.hub.register();
-    let mut feeds = Feeds::new(
-        registration,
-        state.store.clone(),
-        state.metrics.clone(),
-        slow,
-    );
+    let (mut feeds, mut queue) = state.new_viewer();
     let outcome: Result<(), FeedError> = async {
         sink.chunk(Bytes::from_static(b"retry: 1000\n\n")).await?;
         feeds.subscribe(job_id, filter, start, &mut sink).await?;

@@ -190,7 +190,7 @@ async fn run_viewer(
     _slot: guard::ConnectionSlot,
 ) {
     let settings = &state.settings;
-    let slow = Duration::from_secs(settings.slow_viewer_secs);
+    let slow = state.slow_viewer();
     let client_timeout = Duration::from_secs(settings.client_timeout_secs);
     let multi = first.is_none();
     let mut sink = WsSink {
@@ -199,13 +199,7 @@ async fn run_viewer(
         unreported: 0,
         metrics: state.metrics.clone(),
     };
-    let (registration, mut queue) = state.hub.register();
-    let mut feeds = Feeds::new(
-        registration,
-        state.store.clone(),
-        state.metrics.clone(),
-        slow,
-    );
+    let (mut feeds, mut queue) = state.new_viewer();
 
     let outcome: Result<Option<CloseReason>, FeedError> = async {
         if let Some((job_id, start, filter)) = first {
