@@ -12,7 +12,8 @@ use crate::services::{shared_cluster, RedisServer};
 async fn the_viewer_works_in_headless_chromium() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
         "run `npm ci --prefix tests/browser` first (scripts/test.sh does)"
     );
     let database_url = create_database(shared_cluster()).await;
