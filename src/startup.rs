@@ -107,6 +107,13 @@ impl Application {
                 .configure(|cfg| routes::configure(cfg, static_dir.clone()))
         })
         .workers(workers)
+        // Frames go out as soon as they are written: without TCP_NODELAY, Nagle's algorithm
+        // holds small frames back for up to 40 ms behind the peer's delayed ACK.
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .disable_signals()
         .client_request_timeout(handshake_timeout)
         .shutdown_timeout(10)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
 use diesel::upsert::excluded;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
@@ -21,10 +22,6 @@ use crate::schema::{ingest_requests, job_streams, logs};
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
-
-/// Rows per multi-row INSERT: 10 bind parameters a row keeps a statement under PostgreSQL's
-/// limit of 32,767 parameters.
-const INSERT_CHUNK_ROWS: usize = 3_000;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +72,15 @@ impl Filter {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = logs)]
-struct LogRowInsert<'a> {
-    timestamp: DateTime<Utc>,
-    log_type: &'a str,
-    level: &'a str,
+/// What the insert returns per row.
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = BigInt)]
     job_id: i64,
-    device_id: Option<i64>,
-    source: Option<&'a str>,
-    message: &'a str,
-    meta: Option<&'a Value>,
+    #[diesel(sql_type = BigInt)]
     seq: i64,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
 }
 
 #[derive(Queryable, Selectable)]
@@ -415,39 +409,34 @@ async fn insert_in_transaction(
             seq
         })
         .collect();
-    let mut ids = Vec::with_capacity(records.len());
-    for (chunk, seq_chunk) in records
-        .chunks(INSERT_CHUNK_ROWS)
-        .zip(seqs.chunks(INSERT_CHUNK_ROWS))
-    {
-        let rows: Vec<LogRowInsert> = chunk
-            .iter()
-            .zip(seq_chunk)
-            .map(|(r, seq)| LogRowInsert {
-                timestamp: r.timestamp,
-                log_type: &r.log_type,
-                level: r.level.as_str(),
-                job_id: r.job_id,
-                device_id: r.device_id,
-                source: r.source.as_deref(),
-                message: &r.message,
-                meta: r.meta.as_ref(),
-                seq: *seq,
-            })
-            .collect();
-        let returned: Vec<(i64, i64, i64)> = diesel::insert_into(logs::table)
-            .values(&rows)
-            .returning((logs::job_id, logs::seq, logs::id))
-            .get_results(conn)
-            .await?;
-        let by_key: std::collections::HashMap<(i64, i64), i64> = returned
-            .into_iter()
-            .map(|(job, seq, id)| ((job, seq), id))
-            .collect();
-        for row in &rows {
-            ids.push(by_key.get(&(row.job_id, row.seq)).copied().unwrap_or(0));
-        }
-    }
+    // One statement whatever the batch size: each column travels as one array parameter
+    // (no 32,767-parameter limit, one parse and plan), unnested into rows in request order.
+    let returned: Vec<InsertedRow> = diesel::sql_query(
+        "INSERT INTO logs (timestamp, log_type, level, job_id, device_id, source, message, meta, seq) \
+         SELECT * FROM unnest($1::timestamptz[], $2::varchar[], $3::varchar[], $4::int8[], \
+                              $5::int8[], $6::varchar[], $7::text[], $8::jsonb[], $9::int8[]) \
+         RETURNING job_id, seq, id",
+    )
+    .bind::<Array<Timestamptz>, _>(records.iter().map(|r| r.timestamp).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.log_type.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.level.as_str()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(records.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<BigInt>>, _>(records.iter().map(|r| r.device_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(records.iter().map(|r| r.source.as_deref()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(records.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Jsonb>>, _>(records.iter().map(|r| r.meta.as_ref()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(&seqs)
+    .load(conn)
+    .await?;
+    let ids_by_key: std::collections::HashMap<(i64, i64), i64> = returned
+        .into_iter()
+        .map(|row| ((row.job_id, row.seq), row.id))
+        .collect();
+    let ids: Vec<i64> = records
+        .iter()
+        .zip(&seqs)
+        .map(|(r, seq)| ids_by_key.get(&(r.job_id, *seq)).copied().unwrap_or(0))
+        .collect();
     Ok(records
         .iter()
         .zip(seqs)
