@@ -3,6 +3,7 @@
 //! and HTTP clients.
 
 mod apis;
+mod bench_smoke;
 mod browser;
 mod delivery;
 mod faults;
