@@ -1,17 +1,19 @@
-//! The hub: which viewers watch which job, and the routing of each live message to them.
+//! The hub: which jobs have viewers, and the routing of each live message to them.
 //!
-//! Routing happens on the subscriber's task: one read-locked map lookup per message, then a
-//! non-blocking `try_send` into each viewer's bounded queue. The hub never awaits a viewer and
-//! never touches PostgreSQL; a viewer whose queue is full is flagged as lagging and heals itself
-//! from PostgreSQL (see `session`).
+//! Each watched job has one bounded broadcast ring. Routing a message is one read-locked map
+//! lookup and one push into that ring, whatever the number of viewers, so the subscriber
+//! drains Redis at Redis's pace even when viewers cannot keep up. Each viewer reads the ring
+//! at its own pace; one that falls a whole ring behind skips ahead (`Lagged`) and heals the
+//! records it skipped from PostgreSQL (see `session`). The hub never awaits a viewer and never
+//! touches PostgreSQL.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytestring::ByteString;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
 use crate::record::Level;
@@ -28,68 +30,25 @@ pub struct LiveMessage {
     pub frame: ByteString,
     /// When the subscriber read it off Redis (for publish-to-send latency).
     pub received_at: Instant,
+    /// How many messages without `seq` the job's ring had carried up to and including this
+    /// one: a viewer that skipped ahead tells from it how many it lost.
+    pub unsequenced_total: u64,
 }
 
-/// What a viewer's queue carries.
+/// What a job's ring carries.
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Record(Arc<LiveMessage>),
     /// The live stream may have lost messages (e.g. Redis reconnected): heal from PostgreSQL.
-    Gap {
-        reason: &'static str,
-    },
+    Gap { reason: &'static str },
 }
 
-/// The hub's side of one connected viewer (one WebSocket or SSE connection).
+/// One watched job.
 #[derive(Debug)]
-pub struct Viewer {
-    pub id: u64,
-    /// Bounded: the hub only ever `try_send`s into it.
-    tx: mpsc::Sender<Delivery>,
-    /// Set when a delivery did not fit in the queue; the viewer's task heals and clears it.
-    lagged: AtomicBool,
-    /// Records without `seq` lost to a full queue, per job, since the viewer last reported
-    /// them (touched only when a queue is full).
-    dropped_unsequenced: Mutex<BTreeMap<i64, u64>>,
-}
-
-impl Viewer {
-    /// Clears and returns the lag flag.
-    pub fn take_lagged(&self) -> bool {
-        self.lagged.swap(false, Ordering::AcqRel)
-    }
-
-    /// Clears and returns the counts of unsequenced records lost, per job.
-    pub fn take_dropped(&self) -> BTreeMap<i64, u64> {
-        std::mem::take(
-            &mut *self
-                .dropped_unsequenced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
-    fn offer(&self, delivery: Delivery, metrics: &Metrics) -> bool {
-        match self.tx.try_send(delivery) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(delivery)) => {
-                if let Delivery::Record(msg) = &delivery {
-                    if msg.seq.is_none() {
-                        let mut dropped = self
-                            .dropped_unsequenced
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        *dropped.entry(msg.job_id).or_default() += 1;
-                    }
-                }
-                if !self.lagged.swap(true, Ordering::AcqRel) {
-                    metrics.viewers_lagged.inc();
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
+struct JobRing {
+    tx: broadcast::Sender<Delivery>,
+    /// Messages without `seq` pushed so far (see `LiveMessage::unsequenced_total`).
+    unsequenced: AtomicU64,
 }
 
 /// Cloneable handle to the routing table.
@@ -99,136 +58,113 @@ pub struct Hub {
 }
 
 struct HubInner {
-    /// job id → its viewers. Read-mostly: written only when a viewer starts or stops watching.
-    jobs: RwLock<HashMap<i64, Vec<Arc<Viewer>>>>,
-    /// Every connected viewer, for broadcasts such as `Gap`.
-    viewers: RwLock<HashMap<u64, Arc<Viewer>>>,
-    next_id: AtomicU64,
-    /// Capacity of each viewer's queue.
-    queue_capacity: usize,
+    /// job id → its ring. Read-mostly: written only when a job gains its first viewer or
+    /// loses its last.
+    jobs: RwLock<HashMap<i64, Arc<JobRing>>>,
+    /// Messages each ring holds for viewers that are behind.
+    capacity: usize,
     metrics: Arc<Metrics>,
 }
 
-/// A viewer's registration; dropping it removes the viewer from every job it watched.
-pub struct Registration {
+/// One viewer watching one job.
+pub struct Watch {
+    /// The ring's receiving end, positioned at the first message after the watch began.
+    pub rx: broadcast::Receiver<Delivery>,
+    /// Ends the watch when dropped (after `rx`).
+    pub guard: WatchGuard,
+    /// The ring's count of messages without `seq` when the watch began.
+    pub unsequenced_at_start: u64,
+}
+
+/// Forgets a job's ring once its last viewer's receiver is gone (drop it after the receiver).
+pub struct WatchGuard {
     hub: Hub,
-    pub viewer: Arc<Viewer>,
-    jobs: Vec<i64>,
+    job_id: i64,
 }
 
-impl Registration {
-    /// Starts routing `job_id`'s live messages to this viewer (before its history is read).
-    pub fn watch(&mut self, job_id: i64) {
-        if self.jobs.contains(&job_id) {
-            return;
-        }
-        self.jobs.push(job_id);
-        let mut jobs = self
-            .hub
-            .inner
-            .jobs
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        jobs.entry(job_id).or_default().push(self.viewer.clone());
-    }
-
-    /// Stops routing `job_id` to this viewer.
-    pub fn unwatch(&mut self, job_id: i64) {
-        self.jobs.retain(|j| *j != job_id);
-        self.hub.remove_from_job(job_id, self.viewer.id);
-    }
-
-    pub fn watching(&self) -> &[i64] {
-        &self.jobs
-    }
-}
-
-impl Drop for Registration {
+impl Drop for WatchGuard {
     fn drop(&mut self) {
-        for job_id in std::mem::take(&mut self.jobs) {
-            self.hub.remove_from_job(job_id, self.viewer.id);
+        let mut jobs = self.hub.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+        if jobs.get(&self.job_id).is_some_and(|ring| ring.tx.receiver_count() == 0) {
+            jobs.remove(&self.job_id);
         }
-        let mut viewers = self
-            .hub
-            .inner
-            .viewers
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        viewers.remove(&self.viewer.id);
-        self.hub.inner.metrics.viewers_connected.dec();
+    }
+}
+
+/// Counts a connected viewer for the `viewers_connected` gauge while it lives.
+pub struct ViewerGuard {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        self.metrics.viewers_connected.dec();
     }
 }
 
 impl Hub {
-    pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Hub {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
                 jobs: RwLock::new(HashMap::new()),
-                viewers: RwLock::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
-                queue_capacity: queue_capacity.max(1),
+                capacity: capacity.max(16),
                 metrics,
             }),
         }
     }
 
-    /// A new viewer with its own bounded queue, watching nothing yet.
-    pub fn register(&self) -> (Registration, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        let viewer = Arc::new(Viewer {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            tx,
-            lagged: AtomicBool::new(false),
-            dropped_unsequenced: Mutex::new(BTreeMap::new()),
-        });
-        self.inner
-            .viewers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(viewer.id, viewer.clone());
+    /// Counts a viewer connection until the guard is dropped.
+    pub fn connect(&self) -> ViewerGuard {
         self.inner.metrics.viewers_connected.inc();
-        let registration = Registration {
-            hub: self.clone(),
-            viewer,
-            jobs: Vec::new(),
-        };
-        (registration, rx)
+        ViewerGuard { metrics: self.inner.metrics.clone() }
     }
 
-    fn remove_from_job(&self, job_id: i64, viewer_id: u64) {
+    /// Starts receiving `job_id`'s live messages (call before reading its history).
+    pub fn watch(&self, job_id: i64) -> Watch {
         let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = jobs.get_mut(&job_id) {
-            list.retain(|v| v.id != viewer_id);
-            if list.is_empty() {
-                jobs.remove(&job_id);
-            }
+        let ring = jobs
+            .entry(job_id)
+            .or_insert_with(|| {
+                Arc::new(JobRing {
+                    tx: broadcast::channel(self.inner.capacity).0,
+                    unsequenced: AtomicU64::new(0),
+                })
+            })
+            .clone();
+        // Under the write lock no message is being pushed, so the count and the receiver's
+        // starting point agree.
+        Watch {
+            rx: ring.tx.subscribe(),
+            guard: WatchGuard { hub: self.clone(), job_id },
+            unsequenced_at_start: ring.unsequenced.load(Ordering::Relaxed),
         }
     }
 
-    /// Hands a live message to every viewer of its job; returns how many queued it.
-    pub fn route(&self, message: LiveMessage) -> usize {
+    /// Pushes a live message into its job's ring; returns whether anyone watches the job.
+    pub fn route(&self, mut message: LiveMessage) -> bool {
         let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
-        let Some(viewers) = jobs.get(&message.job_id) else {
-            return 0;
+        let Some(ring) = jobs.get(&message.job_id) else {
+            return false;
         };
-        let message = Arc::new(message);
-        viewers
-            .iter()
-            .filter(|v| v.offer(Delivery::Record(message.clone()), &self.inner.metrics))
-            .count()
+        message.unsequenced_total = if message.seq.is_none() {
+            ring.unsequenced.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            ring.unsequenced.load(Ordering::Relaxed)
+        };
+        ring.tx.send(Delivery::Record(Arc::new(message))).is_ok()
     }
 
-    /// Tells every connected viewer that the live stream may have a hole.
+    /// Tells every viewer of every job that the live stream may have a hole.
     pub fn broadcast_gap(&self, reason: &'static str) {
-        let viewers = self.inner.viewers.read().unwrap_or_else(|e| e.into_inner());
-        for viewer in viewers.values() {
-            viewer.offer(Delivery::Gap { reason }, &self.inner.metrics);
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        for ring in jobs.values() {
+            let _ = ring.tx.send(Delivery::Gap { reason });
         }
     }
 
-    /// Viewers currently connected.
-    pub fn viewer_count(&self) -> usize {
-        self.inner.viewers.read().map(|v| v.len()).unwrap_or(0)
+    /// Jobs watched right now.
+    pub fn watched_jobs(&self) -> usize {
+        self.inner.jobs.read().map(|j| j.len()).unwrap_or(0)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

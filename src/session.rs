@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{StreamExt, StreamMap};
 use serde_json::json;
 
-use crate::hub::{Delivery, LiveMessage, Registration};
+use crate::hub::{Delivery, Hub, LiveMessage, ViewerGuard, WatchGuard};
 use crate::metrics::Metrics;
 use crate::record::control_frame;
 use crate::store::{Filter, Store, StoreError};
@@ -62,6 +65,9 @@ pub struct JobFeed {
     /// Every record with `seq <= last_seq` has been sent (or filtered out): anything at or
     /// below it arriving live is a duplicate.
     pub last_seq: i64,
+    /// The job ring's count of messages without `seq` as of the last one this viewer saw: a
+    /// jump tells how many it lost to falling behind.
+    pub unsequenced_seen: u64,
     store: Store,
     metrics: Arc<Metrics>,
 }
@@ -82,6 +88,7 @@ impl JobFeed {
             job_id,
             filter,
             last_seq: start.after_seq.unwrap_or(0).max(0),
+            unsequenced_seen: 0,
             store,
             metrics,
         };
@@ -204,36 +211,48 @@ impl JobFeed {
     }
 }
 
+/// What a viewer's live stream yields: a job's next delivery, or how many it skipped.
+pub type LiveItem = (i64, Result<Delivery, BroadcastStreamRecvError>);
+
 /// All the jobs one viewer (one connection) watches, and its place in the hub.
 pub struct Feeds {
-    registration: Registration,
+    /// The live rings of the watched jobs (declared before `watches`, so that receivers are
+    /// dropped before the guards that forget unwatched rings).
+    streams: StreamMap<i64, BroadcastStream<Delivery>>,
+    watches: HashMap<i64, WatchGuard>,
     feeds: HashMap<i64, JobFeed>,
+    hub: Hub,
+    _connected: ViewerGuard,
     store: Store,
     metrics: Arc<Metrics>,
-    /// Since when the viewer has been overflowing its queue without draining it.
+    /// Since when the viewer has kept skipping ahead in its rings, and when it last did.
     lagging_since: Option<Instant>,
+    last_lag: Option<Instant>,
     /// How long a viewer may keep lagging before it is given up on.
     hopeless_after: Duration,
+    /// Live records handled, to sample publish-to-send latency.
+    handled: u64,
 }
 
 impl Feeds {
-    pub fn new(
-        registration: Registration,
-        store: Store,
-        metrics: Arc<Metrics>,
-        hopeless_after: Duration,
-    ) -> Feeds {
+    pub fn new(hub: Hub, store: Store, metrics: Arc<Metrics>, hopeless_after: Duration) -> Feeds {
         Feeds {
-            registration,
+            streams: StreamMap::new(),
+            watches: HashMap::new(),
             feeds: HashMap::new(),
+            _connected: hub.connect(),
+            hub,
             store,
             metrics,
             lagging_since: None,
+            last_lag: None,
             hopeless_after,
+            handled: 0,
         }
     }
 
-    /// Starts watching a job: live first (in the hub), then history, then `history_end`.
+    /// Starts watching a job: live first (its ring in the hub), then history, then
+    /// `history_end`; anything committed meanwhile arrives live and is deduplicated by `seq`.
     pub async fn subscribe(
         &mut self,
         job_id: i64,
@@ -241,22 +260,21 @@ impl Feeds {
         start: Start,
         sink: &mut impl FrameSink,
     ) -> Result<(), FeedError> {
-        self.registration.watch(job_id);
-        let feed = JobFeed::start(
-            job_id,
-            filter,
-            start,
-            self.store.clone(),
-            self.metrics.clone(),
-            sink,
-        )
-        .await?;
+        self.unsubscribe(job_id);
+        let watch = self.hub.watch(job_id);
+        self.streams.insert(job_id, BroadcastStream::new(watch.rx));
+        self.watches.insert(job_id, watch.guard);
+        let mut feed =
+            JobFeed::start(job_id, filter, start, self.store.clone(), self.metrics.clone(), sink)
+                .await?;
+        feed.unsequenced_seen = watch.unsequenced_at_start;
         self.feeds.insert(job_id, feed);
         Ok(())
     }
 
     pub fn unsubscribe(&mut self, job_id: i64) -> bool {
-        self.registration.unwatch(job_id);
+        self.streams.remove(&job_id);
+        self.watches.remove(&job_id);
         self.feeds.remove(&job_id).is_some()
     }
 
@@ -268,57 +286,58 @@ impl Feeds {
         self.feeds.is_empty()
     }
 
-    /// Handles one delivery from the viewer's queue; `queue_empty` says whether the queue was
-    /// drained by it (a lagging viewer that drains its queue has caught up).
-    pub async fn on_delivery(
-        &mut self,
-        delivery: Delivery,
-        queue_empty: bool,
-        sink: &mut impl FrameSink,
-    ) -> Result<(), FeedError> {
-        if self.registration.viewer.take_lagged() {
-            let since = *self.lagging_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > self.hopeless_after {
-                return Err(FeedError::Hopeless);
+    /// The next live item of any watched job (pending forever while none is watched).
+    pub async fn next_live(&mut self) -> LiveItem {
+        match self.streams.next().await {
+            Some(item) => item,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Handles one live item: a record, a gap to heal, or a skip ahead (the viewer fell a
+    /// whole ring behind) to heal from PostgreSQL.
+    pub async fn on_live_item(&mut self, item: LiveItem, sink: &mut impl FrameSink) -> Result<(), FeedError> {
+        let (job_id, item) = item;
+        let Some(feed) = self.feeds.get_mut(&job_id) else {
+            return Ok(());
+        };
+        match item {
+            Ok(Delivery::Record(message)) => {
+                let expected = feed.unsequenced_seen + u64::from(message.seq.is_none());
+                if message.unsequenced_total > expected {
+                    let lost = message.unsequenced_total - expected;
+                    sink.send_control(control_frame("dropped", job_id, &[("count", json!(lost))])).await?;
+                }
+                feed.unsequenced_seen = message.unsequenced_total;
+                feed.on_live(&message, sink).await?;
+                self.handled += 1;
+                if self.handled % 64 == 1 {
+                    Metrics::observe(&self.metrics.publish_to_send_seconds, message.received_at.elapsed());
+                }
             }
-            for feed in self.feeds.values_mut() {
+            Ok(Delivery::Gap { reason }) => {
+                feed.heal(sink).await?;
+                let frame = control_frame(
+                    "gap",
+                    job_id,
+                    &[("reason", json!(reason)), ("healed_to_seq", json!(feed.last_seq))],
+                );
+                sink.send_control(frame).await?;
+            }
+            Err(BroadcastStreamRecvError::Lagged(_)) => {
+                self.metrics.viewers_lagged.inc();
+                let now = Instant::now();
+                match (self.lagging_since, self.last_lag) {
+                    (Some(since), Some(last)) if last.elapsed() < self.hopeless_after => {
+                        if since.elapsed() > self.hopeless_after {
+                            return Err(FeedError::Hopeless);
+                        }
+                    }
+                    _ => self.lagging_since = Some(now),
+                }
+                self.last_lag = Some(now);
                 feed.heal(sink).await?;
             }
-            for (job_id, count) in self.registration.viewer.take_dropped() {
-                sink.send_control(control_frame("dropped", job_id, &[("count", json!(count))]))
-                    .await?;
-            }
-        }
-        match delivery {
-            Delivery::Record(message) => {
-                if let Some(feed) = self.feeds.get_mut(&message.job_id) {
-                    feed.on_live(&message, sink).await?;
-                    if queue_empty {
-                        // Sampled: the last frame of each batch the viewer drains.
-                        Metrics::observe(
-                            &self.metrics.publish_to_send_seconds,
-                            message.received_at.elapsed(),
-                        );
-                    }
-                }
-            }
-            Delivery::Gap { reason } => {
-                for feed in self.feeds.values_mut() {
-                    feed.heal(sink).await?;
-                    let frame = control_frame(
-                        "gap",
-                        feed.job_id,
-                        &[
-                            ("reason", json!(reason)),
-                            ("healed_to_seq", json!(feed.last_seq)),
-                        ],
-                    );
-                    sink.send_control(frame).await?;
-                }
-            }
-        }
-        if queue_empty {
-            self.lagging_since = None;
         }
         Ok(())
     }

@@ -315,6 +315,8 @@ pub fn live_message(channel_job: Option<i64>, payload: Bytes) -> Option<LiveMess
         device_id: info.device_id,
         frame,
         received_at: Instant::now(),
+        // Set by the hub when it pushes the message into the job's ring.
+        unsequenced_total: 0,
     })
 }
 

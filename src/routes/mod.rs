@@ -43,21 +43,14 @@ impl AppState {
         std::time::Duration::from_secs(self.settings.slow_viewer_secs)
     }
 
-    /// A new viewer: its place in the hub with its bounded queue, and its (empty) feeds.
-    pub fn new_viewer(
-        &self,
-    ) -> (
-        crate::session::Feeds,
-        tokio::sync::mpsc::Receiver<crate::hub::Delivery>,
-    ) {
-        let (registration, queue) = self.hub.register();
-        let feeds = crate::session::Feeds::new(
-            registration,
+    /// A new viewer, watching nothing yet.
+    pub fn new_viewer(&self) -> crate::session::Feeds {
+        crate::session::Feeds::new(
+            self.hub.clone(),
             self.store.clone(),
             self.metrics.clone(),
             self.slow_viewer(),
-        );
-        (feeds, queue)
+        )
     }
 }
 

@@ -165,7 +165,7 @@ async fn run_stream(
         timeout: slow,
         metrics: state.metrics.clone(),
     };
-    let (mut feeds, mut queue) = state.new_viewer();
+    let mut feeds = state.new_viewer();
     let outcome: Result<(), FeedError> = async {
         sink.chunk(Bytes::from_static(b"retry: 1000\n\n")).await?;
         feeds.subscribe(job_id, filter, start, &mut sink).await?;
@@ -177,10 +177,7 @@ async fn run_stream(
                 biased;
                 _ = state.shutdown.cancelled() => return Ok(()),
                 _ = sink.tx.closed() => return Ok(()),
-                delivery = queue.recv() => {
-                    let Some(delivery) = delivery else { return Ok(()) };
-                    feeds.on_delivery(delivery, queue.is_empty(), &mut sink).await?;
-                }
+                item = feeds.next_live() => feeds.on_live_item(item, &mut sink).await?,
                 _ = keepalive.tick() => sink.chunk(Bytes::from_static(b": keep-alive\n\n")).await?,
             }
         }

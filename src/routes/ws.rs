@@ -1,7 +1,7 @@
 //! WebSocket viewers. `GET /ws/jobs/{job_id}` streams one job; `GET /ws` streams the jobs the
 //! client subscribes to with `{"op":"subscribe","job_id":N,"after_seq":M}` and
 //! `{"op":"unsubscribe","job_id":N}` frames. Each connection gets its own task and bounded
-//! queue (`session::Feeds`); the task pings the peer and closes it when it is dead (no frame
+//! view of the job rings (`session::Feeds`); the task pings the peer and closes it when it is dead (no frame
 //! for the client timeout: 1008), too slow (a write blocked, or lagging, for the slow-viewer
 //! time: 1013), or when the gateway shuts down (1001).
 
@@ -140,6 +140,9 @@ impl WsSink {
                 WriteError::TooSlow => FeedError::TooSlow,
             })?;
         self.unreported += 1;
+        if self.unreported >= 256 {
+            self.report();
+        }
         Ok(())
     }
 
@@ -199,7 +202,7 @@ async fn run_viewer(
         unreported: 0,
         metrics: state.metrics.clone(),
     };
-    let (mut feeds, mut queue) = state.new_viewer();
+    let mut feeds = state.new_viewer();
 
     let outcome: Result<Option<CloseReason>, FeedError> = async {
         if let Some((job_id, start, filter)) = first {
@@ -229,15 +232,9 @@ async fn run_viewer(
                         Some(Err(e)) => return Ok(close(CloseCode::Protocol, &e.to_string())),
                     }
                 }
-                delivery = queue.recv() => {
-                    let Some(delivery) = delivery else { return Ok(None) };
-                    let drained = queue.is_empty();
-                    feeds.on_delivery(delivery, drained, &mut sink).await?;
-                    if drained {
-                        sink.report();
-                    }
-                }
+                item = feeds.next_live() => feeds.on_live_item(item, &mut sink).await?,
                 _ = heartbeat.tick() => {
+                    sink.report();
                     if last_heard.elapsed() > client_timeout {
                         return Ok(close(CloseCode::Policy, "heartbeat timeout"));
                     }
