@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{StreamExt, StreamMap};
 use serde_json::json;
+use tokio_stream::{StreamExt, StreamMap};
 
-use crate::hub::{Delivery, Hub, LiveMessage, ViewerGuard, WatchGuard};
+use crate::hub::{Delivery, Hub, Lagged, LiveMessage, RingReader, ViewerGuard, WatchGuard};
 use crate::metrics::Metrics;
 use crate::record::control_frame;
 use crate::store::{Filter, Store, StoreError};
@@ -212,13 +210,13 @@ impl JobFeed {
 }
 
 /// What a viewer's live stream yields: a job's next delivery, or how many it skipped.
-pub type LiveItem = (i64, Result<Delivery, BroadcastStreamRecvError>);
+pub type LiveItem = (i64, Result<Delivery, Lagged>);
 
 /// All the jobs one viewer (one connection) watches, and its place in the hub.
 pub struct Feeds {
     /// The live rings of the watched jobs (declared before `watches`, so that receivers are
     /// dropped before the guards that forget unwatched rings).
-    streams: StreamMap<i64, BroadcastStream<Delivery>>,
+    streams: StreamMap<i64, RingReader>,
     watches: HashMap<i64, WatchGuard>,
     feeds: HashMap<i64, JobFeed>,
     hub: Hub,
@@ -262,11 +260,17 @@ impl Feeds {
     ) -> Result<(), FeedError> {
         self.unsubscribe(job_id);
         let watch = self.hub.watch(job_id);
-        self.streams.insert(job_id, BroadcastStream::new(watch.rx));
+        self.streams.insert(job_id, watch.rx);
         self.watches.insert(job_id, watch.guard);
-        let mut feed =
-            JobFeed::start(job_id, filter, start, self.store.clone(), self.metrics.clone(), sink)
-                .await?;
+        let mut feed = JobFeed::start(
+            job_id,
+            filter,
+            start,
+            self.store.clone(),
+            self.metrics.clone(),
+            sink,
+        )
+        .await?;
         feed.unsequenced_seen = watch.unsequenced_at_start;
         self.feeds.insert(job_id, feed);
         Ok(())
@@ -296,7 +300,11 @@ impl Feeds {
 
     /// Handles one live item: a record, a gap to heal, or a skip ahead (the viewer fell a
     /// whole ring behind) to heal from PostgreSQL.
-    pub async fn on_live_item(&mut self, item: LiveItem, sink: &mut impl FrameSink) -> Result<(), FeedError> {
+    pub async fn on_live_item(
+        &mut self,
+        item: LiveItem,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FeedError> {
         let (job_id, item) = item;
         let Some(feed) = self.feeds.get_mut(&job_id) else {
             return Ok(());
@@ -306,13 +314,17 @@ impl Feeds {
                 let expected = feed.unsequenced_seen + u64::from(message.seq.is_none());
                 if message.unsequenced_total > expected {
                     let lost = message.unsequenced_total - expected;
-                    sink.send_control(control_frame("dropped", job_id, &[("count", json!(lost))])).await?;
+                    sink.send_control(control_frame("dropped", job_id, &[("count", json!(lost))]))
+                        .await?;
                 }
                 feed.unsequenced_seen = message.unsequenced_total;
                 feed.on_live(&message, sink).await?;
                 self.handled += 1;
                 if self.handled % 64 == 1 {
-                    Metrics::observe(&self.metrics.publish_to_send_seconds, message.received_at.elapsed());
+                    Metrics::observe(
+                        &self.metrics.publish_to_send_seconds,
+                        message.received_at.elapsed(),
+                    );
                 }
             }
             Ok(Delivery::Gap { reason }) => {
@@ -320,11 +332,14 @@ impl Feeds {
                 let frame = control_frame(
                     "gap",
                     job_id,
-                    &[("reason", json!(reason)), ("healed_to_seq", json!(feed.last_seq))],
+                    &[
+                        ("reason", json!(reason)),
+                        ("healed_to_seq", json!(feed.last_seq)),
+                    ],
                 );
                 sink.send_control(frame).await?;
             }
-            Err(BroadcastStreamRecvError::Lagged(_)) => {
+            Err(Lagged(_)) => {
                 self.metrics.viewers_lagged.inc();
                 let now = Instant::now();
                 match (self.lagging_since, self.last_lag) {
