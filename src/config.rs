@@ -65,7 +65,8 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_MAX_META_DEPTH", default_value_t = 16)]
     pub max_meta_depth: usize,
 
-    /// Frames queued per viewer before it counts as lagging and is healed from PostgreSQL.
+    /// Live messages kept per watched job for viewers that fall behind; a viewer further
+    /// behind skips ahead and heals from PostgreSQL (records without seq: reported dropped).
     #[arg(long, env = "GATEWAY_VIEWER_QUEUE", default_value_t = 4096)]
     pub viewer_queue: usize,
 

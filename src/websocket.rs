@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::Notify;
 
 /// Bytes waiting for the socket past which writers wait.
-const HIGH_WATER: usize = 512 * 1024;
+const HIGH_WATER: usize = 64 * 1024;
 
 /// Why a write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
