@@ -27,7 +27,7 @@ pub struct Metrics {
     pub malformed_dropped: Counter,
     /// Times the Redis subscriber (re)connected and subscribed.
     pub redis_subscribes: Counter,
-    /// Times a viewer's queue overflowed.
+    /// Times a viewer fell a whole ring behind and skipped ahead (healing from PostgreSQL).
     pub viewers_lagged: Counter,
     /// Records sent to viewers from PostgreSQL to fill a hole in the live stream.
     pub records_healed: Counter,
@@ -107,7 +107,7 @@ impl Metrics {
         );
         registry.register(
             "viewers_lagged",
-            "Viewer queue overflows",
+            "Times a viewer fell a whole job ring behind",
             metrics.viewers_lagged.clone(),
         );
         registry.register(

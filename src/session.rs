@@ -1,6 +1,7 @@
 //! One viewer's feed of one job: stored history first, then live records, in `seq` order with
-//! no gap and no duplicate. Holes in the live stream (a reconnect of the Redis subscriber, an
-//! overflowed viewer queue, ingests that published out of order) are filled from PostgreSQL.
+//! no gap and no duplicate. Holes in the live stream (a reconnect of the Redis subscriber, a
+//! viewer that fell a whole job ring behind, ingests that published out of order) are filled
+//! from PostgreSQL.
 //! Transport-neutral: the WebSocket and SSE routes each provide a [`FrameSink`].
 
 use std::collections::HashMap;
