@@ -203,3 +203,33 @@ async fn soak_viewers_of_a_restarted_gateway_resume_with_after_seq_and_miss_noth
     }
     drop((a, b));
 }
+
+#[actix_web::test]
+async fn a_record_acknowledged_while_redis_is_down_reaches_viewers_on_every_gateway() {
+    let mut first = spawn_app().await;
+    let mut settings = test_settings(&first.database_url, &first.redis_url);
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    let second = start(settings, None).await;
+    let mut on_first = first.viewer("/ws/jobs/90").await;
+    let mut on_second = second.viewer("/ws/jobs/90").await;
+    on_first.history().await;
+    on_second.history().await;
+
+    first.redis().kill();
+    // Acknowledged while no PUBLISH can succeed.
+    first.ingest(&json!(record(90, "during the outage"))).await;
+    first.redis().resume();
+
+    for viewer in [&mut on_first, &mut on_second] {
+        let frames = viewer
+            .collect_until(Duration::from_secs(10), |f| f["seq"] == 1)
+            .await;
+        assert_eq!(seqs(&frames), [1], "{frames:?}");
+        // The kept frame is also published again once Redis answers: still delivered once.
+        assert!(viewer
+            .collect_until(Duration::from_millis(1500), |_| false)
+            .await
+            .iter()
+            .all(|f| f.get("seq").is_none()));
+    }
+}
