@@ -47,7 +47,11 @@ pub enum Delivery {
     },
 }
 
-/// One watched job's ring: the last `capacity` deliveries, shared by all its viewers, each
+/// Bytes of message text a ring keeps at most, whatever its capacity in messages: a burst of
+/// 1 MiB `show running-config` records must not pin gigabytes for a slow viewer.
+const RING_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// One watched job's ring: the last `capacity` deliveries (and at most `RING_MAX_BYTES`), shared by all its viewers, each
 /// reading at its own position. It grows only as messages arrive (an idle job costs a few
 /// bytes), and pushing never waits for a reader.
 #[derive(Debug)]
@@ -65,6 +69,8 @@ struct RingState {
     items: VecDeque<Delivery>,
     /// Position of `items[0]` in the job's stream of deliveries.
     first: u64,
+    /// Bytes of message text in `items`.
+    bytes: usize,
     /// Messages without `seq` pushed so far (see `LiveMessage::unsequenced_total`).
     unsequenced: u64,
     /// Readers waiting for the next push.
@@ -76,14 +82,26 @@ impl JobRing {
         let wakers: Vec<Waker> = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let item = delivery(&mut state);
-            if state.items.len() >= self.capacity {
-                state.items.pop_front();
+            state.bytes += size_of(&item);
+            state.items.push_back(item);
+            while state.items.len() > self.capacity
+                || (state.bytes > RING_MAX_BYTES && state.items.len() > 1)
+            {
+                if let Some(old) = state.items.pop_front() {
+                    state.bytes -= size_of(&old);
+                }
                 state.first += 1;
             }
-            state.items.push_back(item);
             state.wakers.drain().map(|(_, w)| w).collect()
         };
         wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+fn size_of(delivery: &Delivery) -> usize {
+    match delivery {
+        Delivery::Record(message) => message.frame.len(),
+        Delivery::Gap { .. } => 0,
     }
 }
 
@@ -320,6 +338,22 @@ mod tests {
         }
         assert!(matches!(watch.rx.next().await, Some(Err(Lagged(4)))));
         assert_eq!(seq_of(watch.rx.next().await), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_ring_never_holds_more_than_its_byte_bound() {
+        let hub = Hub::new(4096, Arc::new(Metrics::new()));
+        let mut watch = hub.watch(1);
+        let big = ByteString::from("x".repeat(1024 * 1024));
+        for seq in 1..=40 {
+            hub.route(LiveMessage {
+                frame: big.clone(),
+                ..message(1, Some(seq))
+            });
+        }
+        // 40 MiB pushed, 16 MiB kept: the reader skips the 24 oldest.
+        assert!(matches!(watch.rx.next().await, Some(Err(Lagged(24)))));
+        assert_eq!(seq_of(watch.rx.next().await), Some(25));
     }
 
     #[tokio::test]

@@ -91,7 +91,7 @@ fn stream(
 ) -> Result<HttpResponse, ApiError> {
     guard::reader(req, &state)?;
     let slot = state.connections.acquire(req)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
     actix_web::rt::spawn(run_stream(state, tx, job_id, start, filter, slot));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
