@@ -146,6 +146,10 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
 
+    /// Seconds to keep retrying PostgreSQL at start-up (for the migrations) before giving up.
+    #[arg(long, env = "GATEWAY_STARTUP_WAIT_SECS", default_value_t = 30)]
+    pub startup_wait_secs: u64,
+
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,

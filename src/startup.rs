@@ -45,9 +45,7 @@ impl Application {
             settings.max_connections,
             settings.max_connections_per_ip,
         );
-        store::run_migrations(&settings.database_url)
-            .await
-            .context("applying database migrations")?;
+        apply_migrations(&settings).await?;
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(settings.viewer_queue, metrics.clone());
         let store = Store::new(
@@ -157,6 +155,22 @@ impl Application {
         self.shutdown.cancel();
         let _ = self.subscriber.await;
         result
+    }
+}
+
+/// Applies the migrations, waiting up to `--startup-wait-secs` for PostgreSQL to come up (a
+/// gateway started alongside its database should not lose the race).
+async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(settings.startup_wait_secs);
+    loop {
+        match store::run_migrations(&settings.database_url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                log::warn!("PostgreSQL not ready ({e:#}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context("applying database migrations")),
+        }
     }
 }
 

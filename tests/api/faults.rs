@@ -176,3 +176,41 @@ async fn a_frozen_redis_is_noticed_within_the_ping_bound_and_recovered_from() {
         "after thaw"
     );
 }
+
+#[actix_web::test]
+async fn a_gateway_started_before_postgresql_waits_for_it() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(PgCluster::start()).unwrap();
+        std::thread::park();
+    });
+    let mut cluster = rx.recv().unwrap();
+    let database_url = create_database(&cluster).await;
+    cluster.stop();
+    // PostgreSQL comes up two seconds after the gateway (from a thread that stays alive, as
+    // the server dies with the thread that started it).
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.resume();
+        loop {
+            std::thread::park();
+        }
+    });
+    let redis = RedisServer::start();
+    let port = crate::services::free_port();
+    let began = Instant::now();
+    let gateway = crate::helpers::GatewayProcess::start(port, &database_url, &redis.url()).await;
+    assert!(began.elapsed() >= Duration::from_secs(2));
+    let (status, body) = {
+        let mut resp = crate::helpers::client()
+            .post(format!("{}/api/v1/logs", gateway.address))
+            .send_json(&record(1, "after a late start"))
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!((status, body["records"][0]["seq"].as_i64()), (201, Some(1)));
+}
