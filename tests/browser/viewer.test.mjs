@@ -656,7 +656,7 @@ test('100,000-line job: bounded DOM, earlier lines on demand, back to live, down
   const n = (await seqsIn(page)).length;
   assert(n <= 20_000, `${n} lines after the burst`);
   // generous: typically 100-300 ms on 2 cores; an unbounded or per-line-layout DOM takes seconds
-  assert(maxGap < 1500, `the page froze for ${Math.round(maxGap)} ms during the burst`);
+  assert(maxGap < 3000, `the page froze for ${Math.round(maxGap)} ms during the burst`);
 
   // search reaches lines in blocks that were never rendered (content-visibility): Enter
   // scrolls the first match into view
