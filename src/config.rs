@@ -169,12 +169,6 @@ impl Settings {
     /// The access policy: the JWT secret (falling back to NETRAVEN_API__JWT_SECRET), ingest
     /// tokens and allowed origins, with empty entries removed.
     pub fn policy(&self) -> crate::auth::Policy {
-        let clean = |v: &[String]| -> Vec<String> {
-            v.iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
         let jwt_secret = self
             .jwt_secret
             .clone()
@@ -182,8 +176,8 @@ impl Settings {
             .filter(|s| !s.is_empty());
         crate::auth::Policy {
             jwt_secret,
-            ingest_tokens: clean(&self.ingest_tokens),
-            allowed_origins: clean(&self.allowed_origins),
+            ingest_tokens: trimmed(&self.ingest_tokens),
+            allowed_origins: trimmed(&self.allowed_origins),
         }
     }
 
@@ -204,10 +198,14 @@ impl Settings {
 
     /// Legacy channels with empty entries removed (the default `""` means none).
     pub fn legacy_channels(&self) -> Vec<String> {
-        self.legacy_channels
-            .iter()
-            .map(|c| c.trim().to_string())
-            .filter(|c| !c.is_empty())
-            .collect()
+        trimmed(&self.legacy_channels)
     }
+}
+
+/// A comma-separated list's entries, trimmed, without empty ones (an unset list is `[""]`).
+fn trimmed(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }

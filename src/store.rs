@@ -192,10 +192,11 @@ impl Store {
     /// the same key and body stores nothing and gets those acks back.
     pub async fn insert_idempotent(
         &self,
-        records: &[NewRecord],
+        records: Vec<NewRecord>,
         key: &Idempotency,
     ) -> Result<Insert, StoreError> {
         let mut conn = self.conn().await?;
+        let records_ref = &records;
         let outcome = conn
             .transaction(async |conn| {
                 let claimed: Option<String> = diesel::insert_into(ingest_requests::table)
@@ -217,22 +218,24 @@ impl Store {
                         .first(conn)
                         .await?;
                     if body_sha256 != key.body_sha256 {
-                        return Ok(Insert::KeyReused);
+                        return Ok(Err(Insert::KeyReused));
                     }
                     let acks: Vec<Ack> = serde_json::from_value(acks).unwrap_or_default();
-                    return Ok(Insert::Replayed(acks));
+                    return Ok(Err(Insert::Replayed(acks)));
                 }
-                let per_job = count_per_job(records);
-                let stored = insert_in_transaction(conn, records, &per_job).await?;
-                let acks: Vec<Ack> = stored.iter().map(StoredRecord::ack).collect();
+                let acks = insert_in_transaction(conn, records_ref).await?;
                 diesel::update(ingest_requests::table.find(&key.key))
                     .set(ingest_requests::acks.eq(serde_json::to_value(&acks).unwrap_or_default()))
                     .execute(conn)
                     .await?;
-                Ok::<_, diesel::result::Error>(Insert::Stored(stored))
+                Ok::<_, diesel::result::Error>(Ok(acks))
             })
             .await?;
-        Ok(outcome)
+        // Ok: this request stored its records; Err: an earlier one with the key did.
+        Ok(match outcome {
+            Ok(acks) => Insert::Stored(stored_records(records, &acks)),
+            Err(earlier) => earlier,
+        })
     }
 
     /// Forgets idempotency keys older than `age`; returns how many.
@@ -249,19 +252,18 @@ impl Store {
 
     /// Stores records in one transaction: each job's counter is advanced once (jobs locked in
     /// ascending order, so concurrent multi-job batches cannot deadlock), each record gets the
-    /// next `seq` of its job in request order, and rows go in with chunked multi-row INSERTs.
-    /// Returns the stored records in request order.
-    pub async fn insert(&self, records: &[NewRecord]) -> Result<Vec<StoredRecord>, StoreError> {
+    /// next `seq` of its job in request order, and rows go in with one INSERT from unnested
+    /// arrays. Returns the stored records in request order.
+    pub async fn insert(&self, records: Vec<NewRecord>) -> Result<Vec<StoredRecord>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let per_job = count_per_job(records);
         let mut conn = self.conn().await?;
-        let per_job = &per_job;
-        let stored = conn
-            .transaction(async |conn| insert_in_transaction(conn, records, per_job).await)
+        let records_ref = &records;
+        let acks = conn
+            .transaction(async |conn| insert_in_transaction(conn, records_ref).await)
             .await?;
-        Ok(stored)
+        Ok(stored_records(records, &acks))
     }
 
     /// The highest `seq` stored for a job (0 when it has none).
@@ -380,8 +382,8 @@ fn count_per_job(records: &[NewRecord]) -> BTreeMap<i64, i64> {
 async fn insert_in_transaction(
     conn: &mut AsyncPgConnection,
     records: &[NewRecord],
-    per_job: &BTreeMap<i64, i64>,
-) -> Result<Vec<StoredRecord>, diesel::result::Error> {
+) -> Result<Vec<Ack>, diesel::result::Error> {
+    let per_job = &count_per_job(records);
     let counters: Vec<(i64, i64)> = diesel::insert_into(job_streams::table)
         .values(
             per_job
@@ -441,17 +443,30 @@ async fn insert_in_transaction(
         .iter()
         .zip(seqs)
         .zip(ids)
-        .map(|((r, seq), id)| StoredRecord {
+        .map(|((r, seq), id)| Ack {
+            job_id: r.job_id,
             id,
             seq,
+        })
+        .collect())
+}
+
+/// The stored records: each validated record, moved (not copied) next to its `id` and `seq`.
+fn stored_records(records: Vec<NewRecord>, acks: &[Ack]) -> Vec<StoredRecord> {
+    records
+        .into_iter()
+        .zip(acks)
+        .map(|(r, ack)| StoredRecord {
+            id: ack.id,
+            seq: ack.seq,
             job_id: r.job_id,
             device_id: r.device_id,
             timestamp: r.timestamp,
             level: r.level,
-            log_type: r.log_type.clone(),
-            source: r.source.clone(),
-            message: r.message.clone(),
-            meta: r.meta.clone(),
+            log_type: r.log_type,
+            source: r.source,
+            message: r.message,
+            meta: r.meta,
         })
-        .collect())
+        .collect()
 }

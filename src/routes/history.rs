@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::ws::{job_id, StreamQuery};
+use super::params::{job_id, StreamQuery};
 use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::record::{format_timestamp, StoredRecord};

@@ -112,12 +112,13 @@ pub async fn ingest(
         record::validate_all(values, &limits, Utc::now()).map_err(ApiError::InvalidRecords)?;
 
     let idempotency = idempotency_key(&req, &body)?;
+    let count = records.len();
     let outcome = match &idempotency {
-        Some(key) => state.store.insert_idempotent(&records, key).await,
-        None => state.store.insert(&records).await.map(Insert::Stored),
+        Some(key) => state.store.insert_idempotent(records, key).await,
+        None => state.store.insert(records).await.map(Insert::Stored),
     }
     .map_err(|e| {
-        log::warn!("ingest of {} records failed: {e}", records.len());
+        log::warn!("ingest of {count} records failed: {e}");
         ApiError::Unavailable(match e {
             StoreError::Unavailable(_) => {
                 "PostgreSQL is unavailable; nothing was stored, retry later".into()

@@ -5,6 +5,7 @@ pub mod guard;
 pub mod health;
 pub mod history;
 pub mod ingest;
+pub mod params;
 pub mod sse;
 pub mod ws;
 

@@ -13,7 +13,7 @@ use bytestring::ByteString;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::ws::{job_id, StreamQuery};
+use super::params::{job_id, StreamQuery};
 use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;

@@ -13,74 +13,14 @@ use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::params::{job_id, valid_job_id, StreamQuery};
 use super::{guard, AppState};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::record::{control_frame, Level};
+use crate::record::control_frame;
 use crate::session::{FeedError, Feeds, FrameSink, Start};
 use crate::store::Filter;
 use crate::websocket::{self, Incoming, WriteError, WsReader, WsWriter};
-
-/// Query parameters shared by the streaming routes.
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamQuery {
-    pub after_seq: Option<i64>,
-    pub tail: Option<i64>,
-    pub level: Option<String>,
-    pub device_id: Option<i64>,
-}
-
-impl StreamQuery {
-    /// Checks the parameters and splits them into where to start and what to keep.
-    pub fn parse(&self) -> Result<(Start, Filter), ApiError> {
-        if self.after_seq.is_some_and(|s| s < 0) {
-            return Err(ApiError::BadRequest("after_seq must be 0 or more".into()));
-        }
-        if self.tail.is_some_and(|t| t < 0) {
-            return Err(ApiError::BadRequest("tail must be 0 or more".into()));
-        }
-        if self.device_id.is_some_and(|d| d < 1) {
-            return Err(ApiError::BadRequest(
-                "device_id must be a positive integer".into(),
-            ));
-        }
-        let min_level = match self
-            .level
-            .as_deref()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-        {
-            None => None,
-            Some(text) => Some(Level::parse(text).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "level {text:?} is not one of debug, info, warning, error, critical"
-                ))
-            })?),
-        };
-        Ok((
-            Start {
-                after_seq: self.after_seq,
-                tail: self.tail,
-            },
-            Filter {
-                min_level,
-                device_id: self.device_id,
-            },
-        ))
-    }
-}
-
-/// Checks a job id from the path.
-pub fn job_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id >= 1)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "job id {raw:?} must be an integer from 1 to 9223372036854775807"
-            ))
-        })
-}
 
 pub async fn job_socket(
     req: HttpRequest,
@@ -280,7 +220,7 @@ async fn handle_op(
     };
     match op {
         ClientOp::Subscribe { job_id: id, query } => {
-            let parsed = job_id(&id.to_string()).and_then(|id| Ok((id, query.parse()?)));
+            let parsed = valid_job_id(id).and_then(|id| Ok((id, query.parse()?)));
             match parsed {
                 Err(e) => sink.send_control(error(e.to_string())).await,
                 Ok((id, _)) if feeds.len() >= max_jobs => {

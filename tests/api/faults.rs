@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{create_database, record, seqs, start, test_settings};
-use crate::services::{PgCluster, RedisServer};
+use crate::services::{own_cluster, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -42,12 +42,7 @@ async fn the_subscriber_comes_back_after_redis_is_killed_and_viewers_get_a_gap_t
 #[actix_web::test]
 async fn a_stopped_postgresql_gives_quick_503s_and_ingest_recovers_without_restart() {
     // A cluster of this test's own, since it is stopped mid-test.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tx.send(PgCluster::start()).unwrap();
-        std::thread::park();
-    });
-    let mut cluster = rx.recv().unwrap();
+    let mut cluster = own_cluster();
     let database_url = create_database(&cluster).await;
     let redis = RedisServer::start();
     let app = start(test_settings(&database_url, &redis.url()), Some(redis)).await;
@@ -179,12 +174,7 @@ async fn a_frozen_redis_is_noticed_within_the_ping_bound_and_recovered_from() {
 
 #[actix_web::test]
 async fn a_gateway_started_before_postgresql_waits_for_it() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        tx.send(PgCluster::start()).unwrap();
-        std::thread::park();
-    });
-    let mut cluster = rx.recv().unwrap();
+    let mut cluster = own_cluster();
     let database_url = create_database(&cluster).await;
     cluster.stop();
     // PostgreSQL comes up two seconds after the gateway (from a thread that stays alive, as

@@ -133,7 +133,7 @@ async fn records_missing_from_the_live_stream_are_healed_from_postgresql_in_orde
     // Stored but never published (as if PUBLISH had failed), then one that is published.
     let stored = app
         .store
-        .insert(&[
+        .insert(vec![
             new_record(11, "q1"),
             new_record(11, "q2"),
             new_record(11, "q3"),
@@ -148,7 +148,7 @@ async fn records_missing_from_the_live_stream_are_healed_from_postgresql_in_orde
     // Published out of order: 6 before 5; the viewer still sees 5 then 6, once each.
     let late = app
         .store
-        .insert(&[new_record(11, "five"), new_record(11, "six")])
+        .insert(vec![new_record(11, "five"), new_record(11, "six")])
         .await
         .unwrap();
     app.publish_raw("session-logs:11", late[1].to_json().as_bytes())

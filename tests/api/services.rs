@@ -232,21 +232,24 @@ impl Drop for PgCluster {
     }
 }
 
-/// The cluster shared by every test of this binary, started on first use from a thread that
-/// lives as long as the process (so the parent-death signal fires only at exit).
+/// A cluster of the caller's own, started from a thread that lives as long as the process (a
+/// child dies with the thread that spawned it, through the parent-death signal).
+pub fn own_cluster() -> PgCluster {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(PgCluster::start()).expect("send cluster");
+        // `park` may return spuriously: never let this thread end.
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("cluster started")
+}
+
+/// The cluster shared by every test of this binary, started on first use.
 pub fn shared_cluster() -> &'static PgCluster {
     static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let cluster = PgCluster::start();
-            tx.send(cluster).expect("send cluster");
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().expect("cluster started")
-    })
+    CLUSTER.get_or_init(own_cluster)
 }
 
 /// A redis-server in a temporary directory.
