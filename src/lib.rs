@@ -18,4 +18,5 @@ pub mod session;
 pub mod startup;
 pub mod store;
 pub mod subscriber;
+pub mod upgrade;
 pub mod websocket;

@@ -91,7 +91,9 @@ impl JobFeed {
             store,
             metrics,
         };
-        match feed.store.last_seq(job_id).await {
+        // PostgreSQL futures are boxed: inline, they would make every idle viewer's task
+        // several KB larger for the moments it spends querying.
+        match Box::pin(feed.store.last_seq(job_id)).await {
             Ok(stored) => {
                 if start.after_seq.is_none() {
                     feed.last_seq = start.tail.map_or(0, |tail| (stored - tail.max(0)).max(0));
@@ -119,10 +121,14 @@ impl JobFeed {
     async fn fill(&mut self, before: i64, sink: &mut impl FrameSink) -> Result<u64, FeedError> {
         let mut sent = 0;
         while self.last_seq + 1 < before {
-            let page = self
-                .store
-                .history(self.job_id, self.last_seq, Some(before), &self.filter, PAGE)
-                .await?;
+            let page = Box::pin(self.store.history(
+                self.job_id,
+                self.last_seq,
+                Some(before),
+                &self.filter,
+                PAGE,
+            ))
+            .await?;
             let complete = (page.len() as i64) < PAGE;
             for record in page {
                 sink.send_record(record.to_json().into(), Some(record.seq))
@@ -192,7 +198,7 @@ impl JobFeed {
 
     /// Catches up with everything stored so far (after a possible hole in the live stream).
     pub async fn heal(&mut self, sink: &mut impl FrameSink) -> Result<(), FeedError> {
-        let stored = match self.store.last_seq(self.job_id).await {
+        let stored = match Box::pin(self.store.last_seq(self.job_id)).await {
             Ok(stored) => stored,
             Err(e) => {
                 log::warn!("job {}: cannot heal: {e}", self.job_id);

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::{web, App};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -98,25 +101,42 @@ impl Application {
             metrics,
             shutdown: shutdown.clone(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap(request_logger())
-                .app_data(state.clone())
-                .configure(|cfg| routes::configure(cfg, static_dir.clone()))
-        })
-        .workers(workers)
-        // Frames go out as soon as they are written: without TCP_NODELAY, Nagle's algorithm
-        // holds small frames back for up to 40 ms behind the peer's delayed ACK.
-        .on_connect(|connection, _| {
-            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .disable_signals()
-        .client_request_timeout(handshake_timeout)
-        .shutdown_timeout(10)
-        .listen(listener)?
-        .run();
+        let local_addr = listener.local_addr()?;
+        // actix-web's `HttpServer`, plus a hook for upgrade requests: WebSocket viewers take
+        // their socket over from the HTTP dispatcher once accepted (see `upgrade`).
+        let server = actix_server::Server::build()
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(10)
+            .listen("session-log-gateway", listener, move || {
+                let (state, static_dir) = (state.clone(), static_dir.clone());
+                let (upgrade_state, upgrade_dir) = (state.clone(), static_dir.clone());
+                HttpService::build()
+                    .client_request_timeout(handshake_timeout)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .local_addr(local_addr)
+                    // Frames go out as soon as they are written: without TCP_NODELAY, Nagle's
+                    // algorithm holds small frames back for up to 40 ms behind delayed ACKs.
+                    .tcp_nodelay(true)
+                    .upgrade(fn_factory(move || {
+                        let service =
+                            map_config(app(upgrade_state.clone(), upgrade_dir.clone()), |()| {
+                                AppConfig::default()
+                            })
+                            .new_service(());
+                        async move {
+                            let app = std::rc::Rc::new(service.await?);
+                            Ok::<_, ()>(fn_service(move |request| {
+                                crate::upgrade::serve(app.clone(), request)
+                            }))
+                        }
+                    }))
+                    .finish(map_config(app(state, static_dir), |()| {
+                        AppConfig::default()
+                    }))
+                    .tcp()
+            })?
+            .run();
         Ok(Application {
             port,
             server,
@@ -172,6 +192,25 @@ async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {
             Err(e) => return Err(e.context("applying database migrations")),
         }
     }
+}
+
+/// The app: every route, behind the access log.
+fn app(
+    state: web::Data<AppState>,
+    static_dir: PathBuf,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(request_logger())
+        .app_data(state)
+        .configure(|cfg| routes::configure(cfg, static_dir))
 }
 
 /// Access log with `access_token` values redacted from query strings.

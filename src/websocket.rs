@@ -1,26 +1,29 @@
-//! WebSocket connections over actix's HTTP/1 upgrade, written for fan-out: frames a viewer's
-//! task writes are encoded straight into one outgoing buffer, and the connection hands the
-//! whole buffer to the socket at once, so a burst of frames costs one write, not one each.
-//! The buffer is bounded: past `HIGH_WATER` bytes the writer waits for the peer to read, and a
+//! WebSocket connections that own their TCP socket once the handshake is done (see
+//! `upgrade`): no framework buffer or task sits between a viewer and the kernel.
+//!
+//! Written for fan-out and for many idle viewers: frames are encoded into one outgoing
+//! buffer and handed to the socket in one write when the viewer has nothing more to send
+//! (`WsWriter::flush`), so a burst of frames costs one syscall, not one each; both buffers
+//! are released when empty, so an idle connection holds no buffer at all. The outgoing
+//! buffer is bounded: past `HIGH_WATER` bytes a writer waits for the peer to read, and a
 //! peer that does not read within the caller's time limit is reported as too slow.
 
-use std::cell::RefCell;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::io;
 use std::time::Duration;
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{CloseReason, Codec, Frame, Message, ProtocolError};
-use actix_web::body::MessageBody;
-use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
-use futures_util::{Stream, StreamExt};
-use tokio::sync::Notify;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// Bytes waiting for the socket past which writers wait.
 const HIGH_WATER: usize = 64 * 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4 * 1024;
+/// Largest buffer kept once empty; a larger one is freed (and allocated again on demand).
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// Why a write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,90 +34,155 @@ pub enum WriteError {
     TooSlow,
 }
 
-/// State shared by the writer and the response body (both live on one worker thread).
-#[derive(Default)]
-struct Outbox {
-    /// Encoded frames not yet handed to the socket.
-    buffer: BytesMut,
-    /// The response body waiting for frames.
-    body_waker: Option<Waker>,
-    /// Set by the writer after a close frame: the body ends once drained.
-    finished: bool,
-    /// Set when the body is dropped (the connection is gone).
-    gone: bool,
+/// What a viewer sent.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(Bytes),
+    Ping(Bytes),
+    /// Any frame proves the peer alive; pongs and binary frames carry nothing else for us.
+    Other,
+    Close,
+}
+
+/// An accepted WebSocket connection (the 101 response already written).
+pub struct WsConnection {
+    stream: TcpStream,
+    /// Bytes read from the peer and not yet decoded into frames.
+    inbound: BytesMut,
+    /// Frames encoded and not yet written.
+    outbound: BytesMut,
+    /// Decodes the peer's (masked) frames, capped at the largest frame a peer may send.
+    decoder: Codec,
+    /// Encodes our (unmasked) frames.
+    encoder: Codec,
+}
+
+impl WsConnection {
+    /// `leftover` is whatever the peer sent after its handshake request, already read.
+    pub fn new(stream: TcpStream, leftover: BytesMut, max_frame: usize) -> WsConnection {
+        WsConnection {
+            stream,
+            inbound: leftover,
+            outbound: BytesMut::new(),
+            decoder: Codec::new().max_size(max_frame),
+            encoder: Codec::new(),
+        }
+    }
+
+    /// The two halves, usable at the same time (e.g. in one `select!`).
+    pub fn split(&mut self) -> (WsReader<'_>, WsWriter<'_>) {
+        (
+            WsReader {
+                stream: &self.stream,
+                buffer: &mut self.inbound,
+                codec: &mut self.decoder,
+            },
+            WsWriter {
+                stream: &self.stream,
+                buffer: &mut self.outbound,
+                codec: &mut self.encoder,
+            },
+        )
+    }
+
+    /// Sends a close frame, writes what is queued, ends our side of the connection and
+    /// waits (up to `patience`) for the peer to end its side, discarding what it sends.
+    pub async fn close(mut self, reason: Option<CloseReason>, patience: Duration) {
+        let _ = tokio::time::timeout(patience, async {
+            let (_, mut writer) = self.split();
+            if writer.send(Message::Close(reason), patience).await.is_err()
+                || writer.flush().await.is_err()
+            {
+                return;
+            }
+            if self.stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 512];
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Frees an empty buffer that grew large (or keeps a small one for the next burst).
+fn release(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > KEEP_CAPACITY {
+        *buffer = BytesMut::new();
+    }
+}
+
+/// The receiving half of a connection.
+pub struct WsReader<'a> {
+    stream: &'a TcpStream,
+    buffer: &'a mut BytesMut,
+    codec: &'a mut Codec,
+}
+
+impl WsReader<'_> {
+    /// The next frame from the peer; `None` when the connection ended. Cancel-safe: bytes
+    /// read before a cancellation stay buffered for the next call.
+    pub async fn next(&mut self) -> Option<Result<Incoming, ProtocolError>> {
+        loop {
+            if !self.buffer.is_empty() {
+                match self.codec.decode(self.buffer) {
+                    Ok(Some(frame)) => {
+                        release(self.buffer);
+                        return Some(Ok(match frame {
+                            Frame::Text(bytes) => Incoming::Text(bytes),
+                            Frame::Ping(bytes) => Incoming::Ping(bytes),
+                            Frame::Close(_) => Incoming::Close,
+                            Frame::Binary(_) | Frame::Pong(_) | Frame::Continuation(_) => {
+                                Incoming::Other
+                            }
+                        }));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            // Wait without a buffer: an idle viewer holds none.
+            self.stream.readable().await.ok()?;
+            self.buffer.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(self.buffer) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// The sending half of a connection.
-pub struct WsWriter {
-    outbox: Rc<RefCell<Outbox>>,
-    /// Woken when the body drains the buffer.
-    drained: Rc<Notify>,
-    codec: Codec,
+pub struct WsWriter<'a> {
+    stream: &'a TcpStream,
+    buffer: &'a mut BytesMut,
+    codec: &'a mut Codec,
 }
 
-/// The response body: hands whatever is buffered to actix in one chunk.
-struct WsBody {
-    outbox: Rc<RefCell<Outbox>>,
-    drained: Rc<Notify>,
-}
-
-impl Stream for WsBody {
-    type Item = Result<Bytes, actix_web::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut outbox = self.outbox.borrow_mut();
-        if !outbox.buffer.is_empty() {
-            let chunk = outbox.buffer.split().freeze();
-            drop(outbox);
-            self.drained.notify_waiters();
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        if outbox.finished {
-            return Poll::Ready(None);
-        }
-        outbox.body_waker = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
-impl Drop for WsBody {
-    fn drop(&mut self) {
-        self.outbox.borrow_mut().gone = true;
-        self.drained.notify_waiters();
-    }
-}
-
-impl WsWriter {
-    /// Encodes one message into the buffer, waiting (up to `patience`) for room first.
+impl WsWriter<'_> {
+    /// Queues one message; first writes what is queued (waiting up to `patience` for the
+    /// peer to read) when the queue is full.
     pub async fn send(&mut self, message: Message, patience: Duration) -> Result<(), WriteError> {
-        loop {
-            let waiting = {
-                let outbox = self.outbox.borrow();
-                if outbox.gone || outbox.finished {
-                    return Err(WriteError::Closed);
-                }
-                outbox.buffer.len() >= HIGH_WATER
-            };
-            if !waiting {
-                break;
-            }
-            let drained = self.drained.notified();
-            if tokio::time::timeout(patience, drained).await.is_err() {
-                return Err(WriteError::TooSlow);
-            }
+        if self.buffer.len() >= HIGH_WATER {
+            tokio::time::timeout(patience, self.flush())
+                .await
+                .map_err(|_| WriteError::TooSlow)??;
         }
-        let mut outbox = self.outbox.borrow_mut();
-        let is_close = matches!(message, Message::Close(_));
         self.codec
-            .encode(message, &mut outbox.buffer)
-            .map_err(|_| WriteError::Closed)?;
-        if is_close {
-            outbox.finished = true;
-        }
-        if let Some(waker) = outbox.body_waker.take() {
-            waker.wake();
-        }
-        Ok(())
+            .encode(message, self.buffer)
+            .map_err(|_| WriteError::Closed)
     }
 
     pub async fn text(&mut self, text: ByteString, patience: Duration) -> Result<(), WriteError> {
@@ -129,82 +197,27 @@ impl WsWriter {
         self.send(Message::Pong(payload), patience).await
     }
 
-    /// Sends a close frame; the connection ends once it is written.
-    pub async fn close(mut self, reason: Option<CloseReason>, patience: Duration) {
-        let _ = self.send(Message::Close(reason), patience).await;
+    /// Whether frames are queued.
+    pub fn pending(&self) -> bool {
+        !self.buffer.is_empty()
     }
-}
 
-/// What a viewer sent.
-#[derive(Debug)]
-pub enum Incoming {
-    Text(Bytes),
-    Ping(Bytes),
-    /// Any frame proves the peer alive; pongs and binary frames carry nothing else for us.
-    Other,
-    Close,
-}
-
-/// The receiving half of a connection.
-pub struct WsReader {
-    payload: web::Payload,
-    buffer: BytesMut,
-    codec: Codec,
-}
-
-impl WsReader {
-    /// The next frame from the peer; `None` when the connection ended.
-    pub async fn next(&mut self) -> Option<Result<Incoming, ProtocolError>> {
-        loop {
-            match self.codec.decode(&mut self.buffer) {
-                Ok(Some(frame)) => {
-                    return Some(Ok(match frame {
-                        Frame::Text(bytes) => Incoming::Text(bytes),
-                        Frame::Ping(bytes) => Incoming::Ping(bytes),
-                        Frame::Close(_) => Incoming::Close,
-                        Frame::Binary(_) | Frame::Pong(_) | Frame::Continuation(_) => {
-                            Incoming::Other
-                        }
-                    }))
-                }
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            match self.payload.next().await? {
-                Ok(chunk) => self.buffer.extend_from_slice(&chunk),
-                Err(_) => return None,
+    /// Writes everything queued. Cancel-safe: what was written is dropped from the queue.
+    pub async fn flush(&mut self) -> Result<(), WriteError> {
+        while !self.buffer.is_empty() {
+            self.stream
+                .writable()
+                .await
+                .map_err(|_| WriteError::Closed)?;
+            match self.stream.try_write(self.buffer) {
+                Ok(0) => return Err(WriteError::Closed),
+                Ok(n) => self.buffer.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(WriteError::Closed),
             }
         }
+        self.buffer.clear();
+        release(self.buffer);
+        Ok(())
     }
-}
-
-/// Answers a WebSocket handshake: the 101 response to return, and the two halves of the
-/// connection for the viewer's task. `max_frame` caps frames from the peer.
-pub fn accept(
-    req: &HttpRequest,
-    payload: web::Payload,
-    max_frame: usize,
-) -> Result<(HttpResponse, WsWriter, WsReader), String> {
-    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| e.to_string())?;
-    // Subprotocols are not negotiated: the stream is JSON text frames.
-    let outbox = Rc::new(RefCell::new(Outbox::default()));
-    let drained = Rc::new(Notify::new());
-    let body = WsBody {
-        outbox: outbox.clone(),
-        drained: drained.clone(),
-    };
-    let writer = WsWriter {
-        outbox,
-        drained,
-        codec: Codec::new(),
-    };
-    let reader = WsReader {
-        payload,
-        buffer: BytesMut::new(),
-        codec: Codec::new().max_size(max_frame),
-    };
-    let response = response
-        .message_body(actix_web::body::BodyStream::new(body).boxed())
-        .map_err(|e| e.to_string())?;
-    Ok((response.into(), writer, reader))
 }

@@ -20,49 +20,61 @@ use crate::metrics::Metrics;
 use crate::record::control_frame;
 use crate::session::{FeedError, Feeds, FrameSink, Start};
 use crate::store::Filter;
-use crate::websocket::{self, Incoming, WriteError, WsReader, WsWriter};
+use crate::upgrade::Accepted;
+use crate::websocket::{Incoming, WriteError, WsConnection, WsWriter};
 
 pub async fn job_socket(
     req: HttpRequest,
-    body: web::Payload,
     path: web::Path<String>,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let job_id = job_id(&path)?;
     let (start, filter) = query.parse()?;
-    upgrade(req, body, state, Some((job_id, start, filter)))
+    accept(req, state, Some((job_id, start, filter)))
 }
 
 pub async fn multi_socket(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    upgrade(req, body, state, None)
+    accept(req, state, None)
 }
 
-fn upgrade(
+/// Checks the handshake and answers 101; `upgrade` then hands the socket to `run_viewer`.
+fn accept(
     req: HttpRequest,
-    body: web::Payload,
     state: web::Data<AppState>,
     first: Option<(i64, Start, Filter)>,
 ) -> Result<HttpResponse, ApiError> {
     // Refused before the upgrade: no frame is ever sent to a client that may not read.
     guard::origin(&req, &state)?;
     guard::reader(&req, &state)?;
+    // Subprotocols are not negotiated: the stream is JSON text frames.
+    let mut response: HttpResponse = actix_http::ws::handshake(req.head())
+        .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?
+        .finish()
+        .map_into_boxed_body()
+        .into();
     let slot = state.connections.acquire(&req)?;
-    let (response, writer, reader) =
-        websocket::accept(&req, body, state.settings.max_client_frame_bytes)
-            .map_err(|e| ApiError::BadRequest(format!("WebSocket handshake failed: {e}")))?;
-    actix_web::rt::spawn(run_viewer(state, writer, reader, first, slot));
+    response
+        .extensions_mut()
+        .insert(Accepted::new(move |stream, leftover| {
+            let max_frame = state.settings.max_client_frame_bytes;
+            run_viewer(
+                state,
+                WsConnection::new(stream, leftover, max_frame),
+                first,
+                slot,
+            )
+        }));
     Ok(response)
 }
 
 /// Writes frames to the socket; a write that waits longer than `timeout` for the peer to read
 /// means the peer stopped reading.
-struct WsSink {
-    writer: WsWriter,
+struct WsSink<'a> {
+    writer: WsWriter<'a>,
     timeout: Duration,
     /// Frames written since the last flush into `Metrics::frames_sent` (counted locally so
     /// that fan-out does not contend on one shared counter per frame).
@@ -70,7 +82,7 @@ struct WsSink {
     metrics: std::sync::Arc<Metrics>,
 }
 
-impl WsSink {
+impl WsSink<'_> {
     async fn text(&mut self, frame: ByteString) -> Result<(), FeedError> {
         self.writer
             .text(frame, self.timeout)
@@ -94,7 +106,7 @@ impl WsSink {
     }
 }
 
-impl FrameSink for WsSink {
+impl FrameSink for WsSink<'_> {
     async fn send_record(&mut self, json: ByteString, _seq: Option<i64>) -> Result<(), FeedError> {
         self.text(json).await
     }
@@ -127,8 +139,7 @@ fn close(code: CloseCode, why: &str) -> Option<CloseReason> {
 
 async fn run_viewer(
     state: web::Data<AppState>,
-    writer: WsWriter,
-    mut reader: WsReader,
+    mut connection: WsConnection,
     first: Option<(i64, Start, Filter)>,
     _slot: guard::ConnectionSlot,
 ) {
@@ -136,6 +147,7 @@ async fn run_viewer(
     let slow = state.slow_viewer();
     let client_timeout = Duration::from_secs(settings.client_timeout_secs);
     let multi = first.is_none();
+    let (mut reader, writer) = connection.split();
     let mut sink = WsSink {
         writer,
         timeout: slow,
@@ -173,6 +185,10 @@ async fn run_viewer(
                     }
                 }
                 item = feeds.next_live() => feeds.on_live_item(item, &mut sink).await?,
+                // Only when nothing else is ready: a burst of frames goes out in one write.
+                written = sink.writer.flush(), if sink.writer.pending() => {
+                    written.map_err(|_| FeedError::Closed)?;
+                }
                 _ = heartbeat.tick() => {
                     sink.report();
                     if last_heard.elapsed() > client_timeout {
@@ -187,6 +203,7 @@ async fn run_viewer(
 
     drop(feeds);
     sink.report();
+    drop(sink);
     let reason = match outcome {
         Ok(reason) => reason,
         Err(FeedError::Closed) => return,
@@ -197,14 +214,14 @@ async fn run_viewer(
             close(CloseCode::Error, "database unavailable")
         }
     };
-    sink.writer.close(reason, Duration::from_secs(1)).await;
+    connection.close(reason, Duration::from_secs(1)).await;
 }
 
 /// Applies one `subscribe` / `unsubscribe` frame; a bad frame gets an `error` control frame.
 async fn handle_op(
     text: &[u8],
     feeds: &mut Feeds,
-    sink: &mut WsSink,
+    sink: &mut WsSink<'_>,
     max_jobs: usize,
 ) -> Result<(), FeedError> {
     let error = |message: String| json!({ "control": "error", "message": message }).to_string();

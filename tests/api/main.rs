@@ -12,3 +12,4 @@ mod ingest;
 mod live;
 mod security;
 mod services;
+mod upgrade;
