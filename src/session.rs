@@ -180,7 +180,8 @@ impl JobFeed {
             Some(seq) if seq <= self.last_seq => return Ok(()),
             Some(seq) => {
                 if seq > self.last_seq + 1 {
-                    match self.fill(seq, sink).await {
+                    // Boxed, as every rare path here: it is what would make each viewer's task large.
+                    match Box::pin(self.fill(seq, sink)).await {
                         Ok(healed) => Metrics::inc(&self.metrics.records_healed, healed),
                         Err(FeedError::Store(e)) => self.report_unhealed(seq, &e, sink).await?,
                         Err(e) => return Err(e),
@@ -335,7 +336,7 @@ impl Feeds {
                 }
             }
             Ok(Delivery::Gap { reason }) => {
-                feed.heal(sink).await?;
+                Box::pin(feed.heal(sink)).await?;
                 let frame = control_frame(
                     "gap",
                     job_id,
@@ -358,7 +359,7 @@ impl Feeds {
                     _ => self.lagging_since = Some(now),
                 }
                 self.last_lag = Some(now);
-                feed.heal(sink).await?;
+                Box::pin(feed.heal(sink)).await?;
             }
         }
         Ok(())

@@ -22,8 +22,6 @@ use tokio::net::TcpStream;
 const HIGH_WATER: usize = 64 * 1024;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4 * 1024;
-/// Largest buffer kept once empty; a larger one is freed (and allocated again on demand).
-const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// Why a write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +113,21 @@ impl WsConnection {
     }
 }
 
-/// Frees an empty buffer that grew large (or keeps a small one for the next burst).
+/// Frees an empty buffer: an idle connection keeps none (a burst allocates one again, which
+/// costs far less than the write it goes with).
 fn release(buffer: &mut BytesMut) {
-    if buffer.is_empty() && buffer.capacity() > KEEP_CAPACITY {
+    if buffer.is_empty() && buffer.capacity() > 0 {
         *buffer = BytesMut::new();
     }
+}
+
+/// Reads what the socket has (up to `READ_CHUNK` bytes) onto `buffer`, through the stack:
+/// `buffer` grows only by what arrived, so a spurious wake-up allocates nothing.
+fn read_some(stream: &TcpStream, buffer: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = stream.try_read(&mut chunk)?;
+    buffer.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// The receiving half of a connection.
@@ -153,8 +161,7 @@ impl WsReader<'_> {
             }
             // Wait without a buffer: an idle viewer holds none.
             self.stream.readable().await.ok()?;
-            self.buffer.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(self.buffer) {
+            match read_some(self.stream, self.buffer) {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -216,7 +223,6 @@ impl WsWriter<'_> {
                 Err(_) => return Err(WriteError::Closed),
             }
         }
-        self.buffer.clear();
         release(self.buffer);
         Ok(())
     }

@@ -168,14 +168,18 @@ async fn run_stream(
     let mut feeds = state.new_viewer();
     let outcome: Result<(), FeedError> = async {
         sink.chunk(Bytes::from_static(b"retry: 1000\n\n")).await?;
-        feeds.subscribe(job_id, filter, start, &mut sink).await?;
+        Box::pin(feeds.subscribe(job_id, filter, start, &mut sink)).await?;
         let mut keepalive =
             tokio::time::interval(Duration::from_secs(state.settings.heartbeat_secs.max(1)));
         keepalive.reset();
+        // Made once: a new one per loop would join and leave the token's waiter list (shared
+        // by every viewer, behind one lock) twice per frame.
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => return Ok(()),
+                _ = &mut shutdown => return Ok(()),
                 _ = sink.tx.closed() => return Ok(()),
                 item = feeds.next_live() => feeds.on_live_item(item, &mut sink).await?,
                 _ = keepalive.tick() => sink.chunk(Bytes::from_static(b": keep-alive\n\n")).await?,

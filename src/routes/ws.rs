@@ -158,15 +158,19 @@ async fn run_viewer(
 
     let outcome: Result<Option<CloseReason>, FeedError> = async {
         if let Some((job_id, start, filter)) = first {
-            feeds.subscribe(job_id, filter, start, &mut sink).await?;
+            Box::pin(feeds.subscribe(job_id, filter, start, &mut sink)).await?;
         }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(settings.heartbeat_secs.max(1)));
         heartbeat.reset();
         let mut last_heard = Instant::now();
+        // Made once: a new one per loop would join and leave the token's waiter list (shared
+        // by every viewer, behind one lock) twice per frame.
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => return Ok(close(CloseCode::Away, "gateway shutting down")),
+                _ = &mut shutdown => return Ok(close(CloseCode::Away, "gateway shutting down")),
                 incoming = reader.next() => {
                     last_heard = Instant::now();
                     match incoming {
@@ -174,7 +178,7 @@ async fn run_viewer(
                             sink.writer.pong(bytes, slow).await.map_err(|_| FeedError::Closed)?;
                         }
                         Some(Ok(Incoming::Text(text))) if multi => {
-                            handle_op(&text, &mut feeds, &mut sink, settings.max_jobs_per_socket).await?;
+                            Box::pin(handle_op(&text, &mut feeds, &mut sink, settings.max_jobs_per_socket)).await?;
                         }
                         Some(Ok(Incoming::Close)) | None => return Ok(None),
                         Some(Ok(_)) => {}
