@@ -409,20 +409,9 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_records: usize) -> Result<Vec<V
                 max: max_records,
             });
         }
-        if let Err(e) = serde_json::from_str::<NoDuplicateKeys>(raw.get()) {
-            return Err(BodyError::Malformed(Problem::new(
-                index,
-                "record",
-                e.to_string(),
-            )));
-        }
-        let value = serde_json::from_str(raw.get()).map_err(|e| {
-            BodyError::Malformed(Problem::new(
-                index,
-                "record",
-                format!("is not valid JSON: {e}"),
-            ))
-        })?;
+        // The raw text is valid JSON already: the only error left is a key given twice.
+        let Strict(value) = serde_json::from_str(raw.get())
+            .map_err(|e| BodyError::Malformed(Problem::new(index, "record", e.to_string())))?;
         values.push(value);
         Ok(())
     };
@@ -470,59 +459,63 @@ pub fn parse_body(body: &[u8], ndjson: bool, max_records: usize) -> Result<Vec<V
     Ok(values)
 }
 
-/// Reads a record only to refuse a key that appears twice in one object.
-struct NoDuplicateKeys;
+/// A JSON value read in one pass that refuses an object with a key given twice (parsers
+/// disagree on which one wins). Builds the same `Value` as `serde_json` would.
+struct Strict(Value);
 
-impl<'de> Deserialize<'de> for NoDuplicateKeys {
+impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Check;
-        impl<'de> serde::de::Visitor<'de> for Check {
-            type Value = NoDuplicateKeys;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "has the key {key:?} twice"
+                )));
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut seen = std::collections::HashSet::new();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if !seen.insert(key.to_string()) {
-                        return Err(serde::de::Error::custom(format!(
-                            "has the key {key:?} twice"
-                        )));
-                    }
-                    map.next_value::<NoDuplicateKeys>()?;
-                }
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(NoDuplicateKeys)
-            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
         }
-        deserializer.deserialize_any(Check)
+        Ok(Value::Object(object))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -867,6 +860,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse_body(br#"{"meta":{"a":{"b":1,"b":2}},"job_id":1}"#, false, 10).is_err());
+    }
+
+    #[test]
+    fn the_one_pass_parse_builds_what_serde_json_builds() {
+        for text in [
+            r#"{"job_id":1,"message":"a\u00e9\n\"q\"","meta":{"x":[1,-2,3.5,1e300,null,true],"y":{}}}"#,
+            r#"{"n":18446744073709551615,"m":-9223372036854775808,"f":0.1,"s":"","a":[[],[{}]]}"#,
+        ] {
+            let values = parse_body(text.as_bytes(), false, 10).expect("valid");
+            let expected: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(values, vec![expected]);
+        }
     }
 
     #[test]
