@@ -159,8 +159,11 @@ impl WsReader<'_> {
                     Err(e) => return Some(Err(e)),
                 }
             }
-            // Wait without a buffer: an idle viewer holds none.
-            self.stream.readable().await.ok()?;
+            // Wait without a buffer: an idle viewer holds none. (`poll_read_ready` keeps one
+            // waker slot; `readable()` would join and leave a waiter list on every select.)
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
+                .await
+                .ok()?;
             match read_some(self.stream, self.buffer) {
                 Ok(0) => return None,
                 Ok(_) => {}
@@ -212,8 +215,7 @@ impl WsWriter<'_> {
     /// Writes everything queued. Cancel-safe: what was written is dropped from the queue.
     pub async fn flush(&mut self) -> Result<(), WriteError> {
         while !self.buffer.is_empty() {
-            self.stream
-                .writable()
+            std::future::poll_fn(|cx| self.stream.poll_write_ready(cx))
                 .await
                 .map_err(|_| WriteError::Closed)?;
             match self.stream.try_write(self.buffer) {
