@@ -96,12 +96,13 @@ impl WsConnection {
             if self.stream.shutdown().await.is_err() {
                 return;
             }
-            let mut sink = [0u8; 512];
+            let mut discarded = BytesMut::new();
             loop {
                 if self.stream.readable().await.is_err() {
                     return;
                 }
-                match self.stream.try_read(&mut sink) {
+                discarded.clear();
+                match read_some(&self.stream, &mut discarded) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -186,7 +187,8 @@ impl WsWriter<'_> {
     /// peer to read) when the queue is full.
     pub async fn send(&mut self, message: Message, patience: Duration) -> Result<(), WriteError> {
         if self.buffer.len() >= HIGH_WATER {
-            tokio::time::timeout(patience, self.flush())
+            // Boxed: rare, and a timer inline would grow every idle viewer's task.
+            Box::pin(tokio::time::timeout(patience, self.flush()))
                 .await
                 .map_err(|_| WriteError::TooSlow)??;
         }

@@ -218,7 +218,8 @@ async fn run_viewer(
             close(CloseCode::Error, "database unavailable")
         }
     };
-    connection.close(reason, Duration::from_secs(1)).await;
+    // Boxed: the close handshake's timer and linger would otherwise sit in every viewer's task.
+    Box::pin(connection.close(reason, Duration::from_secs(1))).await;
 }
 
 /// Applies one `subscribe` / `unsubscribe` frame; a bad frame gets an `error` control frame.
