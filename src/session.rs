@@ -91,9 +91,7 @@ impl JobFeed {
             store,
             metrics,
         };
-        // PostgreSQL futures are boxed: inline, they would make every idle viewer's task
-        // several KB larger for the moments it spends querying.
-        match Box::pin(feed.store.last_seq(job_id)).await {
+        match feed.store.last_seq(job_id).await {
             Ok(stored) => {
                 if start.after_seq.is_none() {
                     feed.last_seq = start.tail.map_or(0, |tail| (stored - tail.max(0)).max(0));
@@ -121,14 +119,10 @@ impl JobFeed {
     async fn fill(&mut self, before: i64, sink: &mut impl FrameSink) -> Result<u64, FeedError> {
         let mut sent = 0;
         while self.last_seq + 1 < before {
-            let page = Box::pin(self.store.history(
-                self.job_id,
-                self.last_seq,
-                Some(before),
-                &self.filter,
-                PAGE,
-            ))
-            .await?;
+            let page = self
+                .store
+                .history(self.job_id, self.last_seq, Some(before), &self.filter, PAGE)
+                .await?;
             let complete = (page.len() as i64) < PAGE;
             for record in page {
                 sink.send_record(record.to_json().into(), Some(record.seq))
@@ -180,7 +174,8 @@ impl JobFeed {
             Some(seq) if seq <= self.last_seq => return Ok(()),
             Some(seq) => {
                 if seq > self.last_seq + 1 {
-                    // Boxed, as every rare path here: it is what would make each viewer's task large.
+                    // Boxed, as every path here that reads PostgreSQL: inline, its futures
+                    // would make every viewer's task several KB larger.
                     match Box::pin(self.fill(seq, sink)).await {
                         Ok(healed) => Metrics::inc(&self.metrics.records_healed, healed),
                         Err(FeedError::Store(e)) => self.report_unhealed(seq, &e, sink).await?,
@@ -199,7 +194,7 @@ impl JobFeed {
 
     /// Catches up with everything stored so far (after a possible hole in the live stream).
     pub async fn heal(&mut self, sink: &mut impl FrameSink) -> Result<(), FeedError> {
-        let stored = match Box::pin(self.store.last_seq(self.job_id)).await {
+        let stored = match self.store.last_seq(self.job_id).await {
             Ok(stored) => stored,
             Err(e) => {
                 log::warn!("job {}: cannot heal: {e}", self.job_id);
@@ -270,14 +265,15 @@ impl Feeds {
         let watch = self.hub.watch(job_id);
         self.streams.insert(job_id, watch.rx);
         self.watches.insert(job_id, watch.guard);
-        let mut feed = JobFeed::start(
+        // Boxed, as every path here that reads PostgreSQL (see `on_live`).
+        let mut feed = Box::pin(JobFeed::start(
             job_id,
             filter,
             start,
             self.store.clone(),
             self.metrics.clone(),
             sink,
-        )
+        ))
         .await?;
         feed.unsequenced_seen = watch.unsequenced_at_start;
         self.feeds.insert(job_id, feed);

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::HttpService;
+use actix_http::{HttpService, Request};
 use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{AppConfig, Server, ServerHandle, ServiceResponse};
 use actix_web::{web, App};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +109,6 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(10)
             .listen("session-log-gateway", listener, move || {
-                let (state, static_dir) = (state.clone(), static_dir.clone());
                 let (upgrade_state, upgrade_dir) = (state.clone(), static_dir.clone());
                 HttpService::build()
                     .client_request_timeout(handshake_timeout)
@@ -120,10 +119,7 @@ impl Application {
                     .tcp_nodelay(true)
                     .upgrade(fn_factory(move || {
                         let service =
-                            map_config(app(upgrade_state.clone(), upgrade_dir.clone()), |()| {
-                                AppConfig::default()
-                            })
-                            .new_service(());
+                            app(upgrade_state.clone(), upgrade_dir.clone()).new_service(());
                         async move {
                             let app = std::rc::Rc::new(service.await?);
                             Ok::<_, ()>(fn_service(move |request| {
@@ -131,9 +127,7 @@ impl Application {
                             }))
                         }
                     }))
-                    .finish(map_config(app(state, static_dir), |()| {
-                        AppConfig::default()
-                    }))
+                    .finish(app(state.clone(), static_dir.clone()))
                     .tcp()
             })?
             .run();
@@ -194,23 +188,23 @@ async fn apply_migrations(settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
-/// The app: every route, behind the access log.
+/// The app, as actix-http serves it: every route, behind the access log. (Its `AppConfig`,
+/// host and address for URL generation, is the default: nothing here generates URLs.)
 fn app(
     state: web::Data<AppState>,
     static_dir: PathBuf,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
+) -> impl ServiceFactory<
+    Request,
+    Config = (),
+    Response = ServiceResponse<impl MessageBody>,
+    Error = actix_web::Error,
+    InitError = (),
 > {
-    App::new()
+    let app = App::new()
         .wrap(request_logger())
         .app_data(state)
-        .configure(|cfg| routes::configure(cfg, static_dir))
+        .configure(|cfg| routes::configure(cfg, static_dir));
+    map_config(app, |()| AppConfig::default())
 }
 
 /// Access log with `access_token` values redacted from query strings.

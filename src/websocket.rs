@@ -90,25 +90,12 @@ impl WsConnection {
             let (_, mut writer) = self.split();
             if writer.send(Message::Close(reason), patience).await.is_err()
                 || writer.flush().await.is_err()
+                || self.stream.shutdown().await.is_err()
             {
                 return;
             }
-            if self.stream.shutdown().await.is_err() {
-                return;
-            }
-            let mut discarded = BytesMut::new();
-            loop {
-                if self.stream.readable().await.is_err() {
-                    return;
-                }
-                discarded.clear();
-                match read_some(&self.stream, &mut discarded) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-            }
+            let (mut reader, _) = self.split();
+            while let Some(Ok(_)) = reader.next().await {}
         })
         .await;
     }

@@ -168,7 +168,7 @@ async fn run_stream(
     let mut feeds = state.new_viewer();
     let outcome: Result<(), FeedError> = async {
         sink.chunk(Bytes::from_static(b"retry: 1000\n\n")).await?;
-        Box::pin(feeds.subscribe(job_id, filter, start, &mut sink)).await?;
+        feeds.subscribe(job_id, filter, start, &mut sink).await?;
         let mut keepalive =
             tokio::time::interval(Duration::from_secs(state.settings.heartbeat_secs.max(1)));
         keepalive.reset();

@@ -158,7 +158,7 @@ async fn run_viewer(
 
     let outcome: Result<Option<CloseReason>, FeedError> = async {
         if let Some((job_id, start, filter)) = first {
-            Box::pin(feeds.subscribe(job_id, filter, start, &mut sink)).await?;
+            feeds.subscribe(job_id, filter, start, &mut sink).await?;
         }
         let mut heartbeat = tokio::time::interval(Duration::from_secs(settings.heartbeat_secs.max(1)));
         heartbeat.reset();
@@ -178,6 +178,7 @@ async fn run_viewer(
                             sink.writer.pong(bytes, slow).await.map_err(|_| FeedError::Closed)?;
                         }
                         Some(Ok(Incoming::Text(text))) if multi => {
+                            // Boxed: rare, and its parsed op would otherwise sit in every viewer's task.
                             Box::pin(handle_op(&text, &mut feeds, &mut sink, settings.max_jobs_per_socket)).await?;
                         }
                         Some(Ok(Incoming::Close)) | None => return Ok(None),
